@@ -1,0 +1,315 @@
+"""Every message kind of agentnas, its envelope, and the one shared encoder/decoder.
+
+Rules (the log keeps these forever):
+- each kind is a frozen, keyword-only Struct with an explicit tag; never rename a tag;
+- new fields get defaults; a field's type never changes; an incompatible change is a
+  new kind that folds handle beside the old one;
+- events do not forbid unknown fields (old readers skip new fields);
+- an unknown kind decodes to `UnknownPayload`, it is never an error.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+# Statuses of a finished evaluation (PROTOCOL.md): only `ok` counts toward patience.
+EvalStatus = Literal["ok", "rejected", "oom", "timeout", "error"]
+EvalKind = Literal["validate", "proxy", "final_wave1", "final_wave2"]
+
+
+class Kind(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Base of every payload; subclasses set an explicit `tag`."""
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+class RunRequested(Kind, tag="run.requested"):
+    task: str
+    phases: tuple[int, ...] = (1, 2, 3)
+    config: dict[str, Any] = {}  # the effective configuration, as plain data
+    note: str = ""
+
+
+class RunStarted(Kind, tag="run.started"):
+    pass
+
+
+class RunFinished(Kind, tag="run.finished"):
+    summary: dict[str, Any] = {}
+
+
+class RunFailed(Kind, tag="run.failed"):
+    reason: str
+
+
+# --- agents and services ----------------------------------------------------------------
+
+
+class AgentStarted(Kind, tag="agent.started"):
+    role: str
+    pid: int
+    host: str
+    version: str = ""
+
+
+class AgentStopped(Kind, tag="agent.stopped"):
+    role: str
+    reason: str = "shutdown"
+
+
+class AgentHeartbeat(Kind, tag="agent.heartbeat"):
+    role: str
+    busy: bool = False
+    detail: str = ""
+
+
+class ServiceExited(Kind, tag="service.exited"):
+    """A supervised child process ended without being asked to."""
+
+    service: str
+    pid: int
+    returncode: int
+    uptime_s: float
+
+
+class ServiceRestarted(Kind, tag="service.restarted"):
+    service: str
+    pid: int
+    attempt: int
+    backoff_s: float
+
+
+# --- evaluations (trainer daemon) -----------------------------------------------------------
+
+
+class Caps(msgspec.Struct, frozen=True, kw_only=True):
+    time_s: float = 3600.0  # device time of training steps only
+    memory_mb: float = 11264.0  # peak allocated (GPU) or RSS (CPU)
+
+
+class EvaluationRequested(Kind, tag="evaluation.requested"):
+    eval_id: str
+    request: EvalKind
+    task: str  # built-in task name or path of a task TOML file
+    model_source: str  # Python source defining `class Architecture(nn.Module)`
+    recipe: dict[str, Any] | str = {}  # training recipe; a string is parsed as JSON by the trainer
+    caps: Caps = Caps()
+    seed: int = 42
+    arch_id: str = ""  # e.g. arch_007, or a slot configuration's id
+    phase: int = 1
+
+
+class EvaluationStarted(Kind, tag="evaluation.started"):
+    eval_id: str
+    device: str
+    worker: str
+    attempt: int = 1
+
+
+class EvaluationProgress(Kind, tag="evaluation.progress"):
+    eval_id: str
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_metric: float | None = None
+    device_time_s: float = 0.0
+
+
+class EvaluationCompleted(Kind, tag="evaluation.completed"):
+    eval_id: str
+    status: EvalStatus
+    reason: str = ""  # one line; empty for ok
+    request: EvalKind = "proxy"
+    arch_id: str = ""
+    val_metric: float | None = None  # lower is better after the task's orientation
+    test_metric: float | None = None  # wave 2 only; never shown to agents
+    metric_name: str = ""
+    params: int | None = None
+    flops: int | None = None
+    peak_memory_mb: float | None = None
+    device_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    epochs_done: int = 0
+    best_epoch: int | None = None
+    weights_path: str = ""
+    warnings: list[str] = []
+    traceback: str = ""  # truncated
+    attempt: int = 1
+    phase: int = 1
+
+
+class MessageRejected(Kind, tag="message.rejected"):
+    """Bytes on an agentnas subject that are not an envelope; kept for the audit."""
+
+    subject: str
+    error: str
+    data_prefix: str = ""  # first bytes, for diagnosis
+
+
+# --- LLM calls (agents) -------------------------------------------------------------------
+
+
+class LlmRequested(Kind, tag="llm.requested"):
+    call_id: str
+    agent: str
+    provider: str
+    model: str
+    messages: list[dict[str, Any]]
+    parameters: dict[str, Any] = {}
+    template: str = ""  # prompt template name
+    template_hash: str = ""
+
+
+class LlmResponded(Kind, tag="llm.responded"):
+    call_id: str
+    agent: str
+    content: str
+    stop_reason: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    error: str = ""  # provider error after retries; content is empty then
+
+
+Payload = Union[
+    RunRequested,
+    RunStarted,
+    RunFinished,
+    RunFailed,
+    AgentStarted,
+    AgentStopped,
+    AgentHeartbeat,
+    ServiceExited,
+    ServiceRestarted,
+    EvaluationRequested,
+    EvaluationStarted,
+    EvaluationProgress,
+    EvaluationCompleted,
+    LlmRequested,
+    LlmResponded,
+    MessageRejected,
+]
+
+KINDS: dict[str, type[Kind]] = {
+    cls.__struct_config__.tag: cls for cls in Payload.__args__  # type: ignore[attr-defined]
+}
+
+
+def tag_of(payload: Kind | type[Kind]) -> str:
+    return payload.__struct_config__.tag  # type: ignore[return-value]
+
+
+# --- envelope ------------------------------------------------------------------------------
+
+
+class Sender(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    instance: str = ""
+
+
+class UnknownPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """Stands in for a kind this version does not know; folds skip it."""
+
+    kind: str
+    raw: bytes
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    run_id: str
+    kind: str
+    time: float
+    sender: Sender
+    payload: Any  # a Kind, or UnknownPayload after decoding an unknown kind
+    causation_id: str | None = None
+    schema: int = SCHEMA_VERSION
+
+
+class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    run_id: str
+    kind: str
+    time: float
+    sender: Sender
+    payload: msgspec.Raw
+    causation_id: str | None = None
+    schema: int = SCHEMA_VERSION
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def make_event(
+    payload: Kind,
+    *,
+    run_id: str,
+    sender: Sender,
+    causation_id: str | None = None,
+    id: str | None = None,
+) -> Envelope:
+    return Envelope(
+        id=id or new_id(),
+        run_id=run_id,
+        kind=tag_of(payload),
+        time=time.time(),
+        sender=sender,
+        payload=payload,
+        causation_id=causation_id,
+    )
+
+
+_encoder = msgspec.json.Encoder()
+_wire_decoder = msgspec.json.Decoder(_WireEnvelope)
+_payload_decoders = {tag: msgspec.json.Decoder(cls) for tag, cls in KINDS.items()}
+
+
+class UndecodableMessage(ValueError):
+    """The bytes are not an agentnas envelope at all (as opposed to an unknown kind)."""
+
+
+def encode(envelope: Envelope) -> bytes:
+    if isinstance(envelope.payload, UnknownPayload):
+        payload = msgspec.Raw(envelope.payload.raw)
+        envelope = msgspec.structs.replace(envelope, payload=payload)
+    return _encoder.encode(envelope)
+
+
+def encode_payload(payload: Kind) -> bytes:
+    return _encoder.encode(payload)
+
+
+def decode_payload(kind: str, raw: bytes | str) -> Kind | UnknownPayload:
+    """Decode one payload by its kind; unknown kinds become UnknownPayload."""
+    decoder = _payload_decoders.get(kind)
+    if decoder is None:
+        return UnknownPayload(kind=kind, raw=raw.encode() if isinstance(raw, str) else bytes(raw))
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise UndecodableMessage(f"payload of kind {kind!r} is invalid: {exc}") from None
+
+
+def decode(data: bytes) -> Envelope:
+    try:
+        wire = _wire_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise UndecodableMessage(f"not an agentnas envelope: {exc}") from None
+    return Envelope(
+        id=wire.id,
+        run_id=wire.run_id,
+        kind=wire.kind,
+        time=wire.time,
+        sender=wire.sender,
+        payload=decode_payload(wire.kind, bytes(wire.payload)),
+        causation_id=wire.causation_id,
+        schema=wire.schema,
+    )

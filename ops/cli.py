@@ -1,0 +1,215 @@
+"""The `agentnas` command line.
+
+User errors (bad config, unreachable bus, missing binary, unwritable home, unknown run,
+corrupt log) end with one line on stderr and exit status 2; nothing else is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentnas.bus import messages, subjects
+from agentnas.bus.config import Config, ConfigError, config_to_toml, load_config, resolve_home
+from agentnas.bus.connect import BusUnavailable
+from agentnas.bus.logs import configure_logging
+from agentnas.bus.server import NatsServerError
+from agentnas.ops.home import HomeError, log_file, prepare_home
+from agentnas.store.log import EventLog, LogError
+from agentnas.store.projection import load_run_state
+
+app = typer.Typer(
+    name="agentnas",
+    help="Agentic neural architecture search: LLM seeds, slotted spaces, NAS, a replayable log.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+USER_ERRORS = (ConfigError, BusUnavailable, NatsServerError, HomeError, LogError)
+
+
+class UserError(RuntimeError):
+    """A mistake in the command's input, reported as one line."""
+
+
+class Context(msgspec.Struct, kw_only=True):
+    config: Config
+    config_path: Optional[str]
+    home: Path
+    log_format: str
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    home: Annotated[Optional[Path], typer.Option(help="Home folder [env AGENTNAS_HOME; default ~/.agentnas].")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file.")] = None,
+    log_format: Annotated[str, typer.Option(help="auto | console | json")] = "",
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "",
+) -> None:
+    overrides = {"log.format": log_format or None, "log.level": log_level or None}
+    cfg = load_config(config, overrides)
+    configure_logging(cfg.log.format, cfg.log.level)
+    ctx.obj = Context(
+        config=cfg,
+        config_path=str(config) if config else None,
+        home=resolve_home(cfg.home, str(home) if home else None),
+        log_format=cfg.log.format,
+    )
+
+
+def _open_log(ctx: Context) -> EventLog:
+    path = log_file(ctx.home)
+    if not path.exists():
+        raise UserError(f"no event log at {path} (start the system with `agentnas up`, or pass --home)")
+    return EventLog(path, readonly=True)
+
+
+def _need_run(event_log: EventLog, run_id: str) -> None:
+    if not event_log.run_exists(run_id):
+        raise UserError(f"run '{run_id}' does not exist in {event_log.path} (see `agentnas runs`)")
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+# --- up and services -----------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    nats_url: Annotated[Optional[str], typer.Option(help="Use this NATS server instead of starting one.")] = None,
+    run_for: Annotated[float, typer.Option("--for", help="Stop by itself after this many seconds (0: until Ctrl-C).")] = 0.0,
+) -> None:
+    """Start the bus (unless --nats-url), the recorder and every service, supervised."""
+    from agentnas.ops.up import run_up
+
+    c: Context = ctx.obj
+    prepare_home(c.home)
+    asyncio.run(run_up(c.config, c.home, c.config_path, nats_url or c.config.bus.url, run_for, console))
+
+
+@app.command()
+def recorder(
+    ctx: typer.Context,
+    nats_url: Annotated[str, typer.Option(help="NATS server URL.")],
+) -> None:
+    """Run the recorder service in the foreground (normally started by `agentnas up`)."""
+    from agentnas.store.recorder import record
+
+    c: Context = ctx.obj
+    prepare_home(c.home)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await record(nats_url, log_file(c.home), bus=c.config.bus, stop=stop)
+
+    asyncio.run(main())
+
+
+# --- reading the log ------------------------------------------------------------------------
+
+
+@app.command()
+def runs(ctx: typer.Context) -> None:
+    """List the runs in the log."""
+    with _open_log(ctx.obj) as event_log:
+        table = Table("run", "status", "events", "started", "last event")
+        for r in event_log.runs():
+            table.add_row(r.run_id, r.status or "-", str(r.n_events), _when(r.first_time), _when(r.last_time))
+        console.print(table)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id (see `agentnas runs`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the folded state as JSON.")] = False,
+) -> None:
+    """Show a run's state, folded from its events."""
+    with _open_log(ctx.obj) as event_log:
+        _need_run(event_log, run_id)
+        state = load_run_state(event_log, run_id)
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(state).decode() + "\n")
+        return
+    from agentnas.ops.views import render_state
+
+    render_state(console, state)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id (see `agentnas runs`).")],
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", "-k", help="Only these kinds (repeatable).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON envelope per line.")] = False,
+    limit: Annotated[int, typer.Option(help="Print at most this many (0: all).")] = 0,
+) -> None:
+    """Print a run's events in log order."""
+    from agentnas.ops.views import event_line
+
+    unknown_kinds = [k for k in kind or [] if k not in messages.KINDS]
+    if unknown_kinds:
+        raise UserError(f"unknown kind {unknown_kinds[0]!r}; known kinds: {', '.join(sorted(messages.KINDS))}")
+    with _open_log(ctx.obj) as event_log:
+        if not follow:
+            _need_run(event_log, run_id)
+        after, printed = 0, 0
+        while True:
+            rows = event_log.rows(run_id, after_seq=after, limit=1000, kinds=kind)
+            for row in rows:
+                if as_json:
+                    sys.stdout.write(json.dumps({**msgspec.structs.asdict(row), "payload": json.loads(row.payload), "sender": json.loads(row.sender)}) + "\n")
+                else:
+                    console.print(event_line(row), highlight=False, soft_wrap=True)
+                printed += 1
+                if limit and printed >= limit:
+                    return
+            if rows:
+                after = rows[-1].seq
+                continue
+            if not follow:
+                return
+            sys.stdout.flush()
+            time.sleep(0.3)
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the effective configuration as TOML (defaults, file, flags)."""
+    sys.stdout.write(config_to_toml(ctx.obj.config))
+
+
+def main() -> None:
+    try:
+        app()
+    except (UserError, *USER_ERRORS) as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The recorder: the only writer of the SQLite log.
+
+A durable pull consumer on EVENTS; each fetched batch is inserted in one transaction and
+acked only after the commit, so a crash anywhere replays the batch, and the unique message
+id turns the replay into a no-op. Events of unknown kinds are stored as they came (the
+log must not lose a newer agent's facts); bytes that are not an envelope at all are
+terminated and recorded as `message.rejected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import msgspec
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+
+from agentnas.bus import messages, subjects
+from agentnas.bus.config import BusConfig
+from agentnas.bus.connect import close, connect, ensure_streams
+from agentnas.bus.publish import publish
+from agentnas.store.log import EventLog
+
+log = structlog.get_logger("agentnas.recorder")
+
+_wire = msgspec.json.Decoder(messages._WireEnvelope)
+_encoder = msgspec.json.Encoder()
+
+CONSUMER = api.ConsumerConfig(
+    durable_name=subjects.RECORDER_DURABLE,
+    ack_policy=api.AckPolicy.EXPLICIT,
+    ack_wait=60.0,
+    max_deliver=-1,  # the log must get everything; never give up on a message
+    max_ack_pending=100_000,
+    deliver_policy=api.DeliverPolicy.ALL,
+)
+
+
+def rows_from_messages(msgs: list) -> tuple[list[tuple], list]:
+    """Split a fetched batch into log rows and undecodable messages."""
+    rows, bad = [], []
+    for msg in msgs:
+        try:
+            w = _wire.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            bad.append((msg, str(exc)))
+            continue
+        rows.append(
+            (
+                w.id,
+                w.run_id,
+                w.kind,
+                w.schema,
+                w.time,
+                w.causation_id,
+                _encoder.encode(w.sender).decode(),
+                bytes(w.payload).decode(),
+            )
+        )
+    return rows, bad
+
+
+def rejection_row(msg, error: str) -> tuple:
+    parts = msg.subject.split(".")
+    run_id = parts[2] if len(parts) > 2 and subjects.valid_run_id(parts[2]) else subjects.SYSTEM_RUN
+    event = messages.make_event(
+        messages.MessageRejected(
+            subject=msg.subject, error=error[:500], data_prefix=msg.data[:200].decode("utf-8", "replace")
+        ),
+        run_id=run_id,
+        sender=messages.Sender(agent="recorder", instance=socket.gethostname()),
+        # The stream sequence makes the rejection idempotent across redeliveries.
+        id=f"rejected-{msg.metadata.sequence.stream}",
+    )
+    return (
+        event.id,
+        event.run_id,
+        event.kind,
+        event.schema,
+        event.time,
+        None,
+        _encoder.encode(event.sender).decode(),
+        messages.encode_payload(event.payload).decode(),
+    )
+
+
+async def record(
+    url: str,
+    log_file: Path,
+    *,
+    bus: BusConfig = BusConfig(),
+    stop: asyncio.Event,
+    batch: int = 2000,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the recorder until `stop` is set."""
+    sender = messages.Sender(agent="recorder", instance=f"{socket.gethostname()}:{os.getpid()}")
+    async with AsyncExitStack() as stack:
+        nc = await connect(url, bus, name="agentnas-recorder")
+        stack.push_async_callback(close, nc)
+        js = nc.jetstream()
+        await ensure_streams(js)
+        event_log = EventLog(log_file)
+        stack.callback(event_log.close)
+        sub = await js.pull_subscribe(
+            subjects.EVENTS_SUBJECTS,
+            durable=subjects.RECORDER_DURABLE,
+            stream=subjects.EVENTS_STREAM,
+            config=CONSUMER,
+        )
+        await publish(
+            js,
+            messages.make_event(
+                messages.AgentStarted(role="recorder", pid=os.getpid(), host=socket.gethostname()),
+                run_id=subjects.SYSTEM_RUN,
+                sender=sender,
+            ),
+        )
+        log.info("recorder started", log=str(log_file), url=url)
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=0.5)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue  # an empty fetch is normal
+            rows, bad = rows_from_messages(msgs)
+            for msg, error in bad:
+                log.warning("undecodable message terminated", subject=msg.subject, error=error[:200])
+                rows.append(rejection_row(msg, error))
+            event_log.append_rows(rows)
+            # Ack only after the commit: a crash before this line means redelivery, not loss.
+            terminated = {id(msg) for msg, _ in bad}
+            for msg in msgs:
+                await (msg.term() if id(msg) in terminated else msg.ack())
+        await publish(
+            js,
+            messages.make_event(
+                messages.AgentStopped(role="recorder"), run_id=subjects.SYSTEM_RUN, sender=sender
+            ),
+        )
+        log.info("recorder stopped")
