@@ -55,11 +55,15 @@ async def connect(url: str, cfg: BusConfig = BusConfig(), *, name: str = "agentn
     A dead URL fails in seconds with BusUnavailable instead of minutes of retries.
     """
     deadline = max(0.5, cfg.connect_timeout_s)
+    nc = Client()
+
+    first = {"connected": False, "error": ""}
 
     async def on_error(exc: Exception) -> None:
+        if not first["connected"]:
+            first["error"] = str(exc) or type(exc).__name__  # reported once, below
+            return
         log.warning("nats error", error=str(exc) or type(exc).__name__)
-
-    nc = Client()
 
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # our own close is not news
@@ -85,11 +89,12 @@ async def connect(url: str, cfg: BusConfig = BusConfig(), *, name: str = "agentn
             ),
             timeout=deadline,
         )
+        first["connected"] = True
         return nc
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
-            reason = f"no answer within {deadline:g} s"
+            reason = f"{first['error'] + '; ' if first['error'] else ''}gave up after {deadline:g} s"
         raise BusUnavailable(f"cannot reach NATS at {url}: {reason}") from None
 
 

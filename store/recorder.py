@@ -1,6 +1,6 @@
 """The recorder: the only writer of the SQLite log.
 
-A durable pull consumer on EVENTS; each fetched batch is inserted in one transaction and
+A durable consumer on EVENTS; each batch of delivered messages is inserted in one transaction and
 acked only after the commit, so a crash anywhere replays the batch, and the unique message
 id turns the replay into a no-op. Events of unknown kinds are stored as they came (the
 log must not lose a newer agent's facts); bytes that are not an envelope at all are
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import msgspec
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from agentnas.bus import messages, subjects
@@ -34,11 +33,32 @@ _encoder = msgspec.json.Encoder()
 CONSUMER = api.ConsumerConfig(
     durable_name=subjects.RECORDER_DURABLE,
     ack_policy=api.AckPolicy.EXPLICIT,
-    ack_wait=60.0,
+    # A killed recorder's unacked batch comes back after this long; replays are no-ops,
+    # so a short wait costs nothing and shortens recovery.
+    ack_wait=10.0,
     max_deliver=-1,  # the log must get everything; never give up on a message
-    max_ack_pending=100_000,
+    max_ack_pending=20_000,  # bounds what sits in our memory uncommitted
     deliver_policy=api.DeliverPolicy.ALL,
 )
+
+
+async def subscribe(js, on_message):
+    """Bind to the durable push consumer (created on first use).
+
+    Push delivery into a callback that only appends to a buffer costs far less per message
+    in nats-py than pull fetches (which schedule a task per message), and batches still form
+    naturally: whatever arrived while the last batch was committing is the next batch.
+    """
+    return await js.subscribe(
+        subjects.EVENTS_SUBJECTS,
+        durable=subjects.RECORDER_DURABLE,
+        stream=subjects.EVENTS_STREAM,
+        config=CONSUMER,
+        cb=on_message,
+        manual_ack=True,
+        flow_control=True,
+        idle_heartbeat=5.0,
+    )
 
 
 def rows_from_messages(msgs: list) -> tuple[list[tuple], list]:
@@ -89,6 +109,18 @@ def rejection_row(msg, error: str) -> tuple:
     )
 
 
+async def commit_batch(event_log: EventLog, msgs: list) -> None:
+    rows, bad = rows_from_messages(msgs)
+    for msg, error in bad:
+        log.warning("undecodable message terminated", subject=msg.subject, error=error[:200])
+        rows.append(rejection_row(msg, error))
+    event_log.append_rows(rows)
+    # Ack only after the commit: a crash before this line means redelivery, not loss.
+    terminated = {id(msg) for msg, _ in bad}
+    for msg in msgs:
+        await (msg.term() if id(msg) in terminated else msg.ack())
+
+
 async def record(
     url: str,
     log_file: Path,
@@ -107,12 +139,15 @@ async def record(
         await ensure_streams(js)
         event_log = EventLog(log_file)
         stack.callback(event_log.close)
-        sub = await js.pull_subscribe(
-            subjects.EVENTS_SUBJECTS,
-            durable=subjects.RECORDER_DURABLE,
-            stream=subjects.EVENTS_STREAM,
-            config=CONSUMER,
-        )
+        buffer: list = []
+        arrived = asyncio.Event()
+
+        async def on_message(msg) -> None:
+            buffer.append(msg)
+            if len(buffer) >= batch:
+                arrived.set()
+
+        sub = await subscribe(js, on_message)
         await publish(
             js,
             messages.make_event(
@@ -125,19 +160,20 @@ async def record(
         if ready is not None:
             ready.set()
         while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=0.5)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue  # an empty fetch is normal
-            rows, bad = rows_from_messages(msgs)
-            for msg, error in bad:
-                log.warning("undecodable message terminated", subject=msg.subject, error=error[:200])
-                rows.append(rejection_row(msg, error))
-            event_log.append_rows(rows)
-            # Ack only after the commit: a crash before this line means redelivery, not loss.
-            terminated = {id(msg) for msg, _ in bad}
-            for msg in msgs:
-                await (msg.term() if id(msg) in terminated else msg.ack())
+            if len(buffer) < batch:
+                try:
+                    await asyncio.wait_for(arrived.wait(), timeout=0.02)
+                except asyncio.TimeoutError:
+                    pass
+            arrived.clear()
+            if not buffer:
+                continue  # nothing arrived: normal
+            msgs = buffer[:]
+            buffer.clear()
+            await commit_batch(event_log, msgs)
+        await sub.unsubscribe()  # no new deliveries; commit what already arrived
+        if buffer:
+            await commit_batch(event_log, buffer[:])
         await publish(
             js,
             messages.make_event(

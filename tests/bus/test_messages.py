@@ -1,0 +1,90 @@
+import msgspec
+import pytest
+
+from agentnas.bus import messages as m
+from agentnas.bus import subjects
+
+SENDER = m.Sender(agent="test", instance="t1")
+
+EXAMPLES = [
+    m.RunRequested(task="addigits", phases=(1,), config={"phase1": {"budget": 5}}),
+    m.RunStarted(),
+    m.RunFinished(summary={"best": 1.5}),
+    m.RunFailed(reason="budget exhausted"),
+    m.AgentStarted(role="planner", pid=1, host="h"),
+    m.AgentStopped(role="planner"),
+    m.AgentHeartbeat(role="planner", busy=True),
+    m.ServiceExited(service="recorder", pid=3, returncode=-9, uptime_s=1.0),
+    m.ServiceRestarted(service="recorder", pid=4, attempt=1, backoff_s=0.5),
+    m.EvaluationRequested(eval_id="e1", request="proxy", task="addigits", model_source="class Architecture: ..."),
+    m.EvaluationStarted(eval_id="e1", device="cpu", worker="w1"),
+    m.EvaluationProgress(eval_id="e1", epoch=1, epochs=3, train_loss=0.5, val_metric=12.0),
+    m.EvaluationCompleted(eval_id="e1", status="ok", val_metric=10.0, params=1000),
+    m.LlmRequested(call_id="c1", agent="planner", provider="anthropic", model="m", messages=[{"role": "user", "content": "hi"}]),
+    m.LlmResponded(call_id="c1", agent="planner", content="hello", input_tokens=3, output_tokens=1),
+    m.MessageRejected(subject="agentnas.evt.r.x", error="bad"),
+]
+
+
+def test_every_kind_has_an_example_and_round_trips():
+    assert {m.tag_of(p) for p in EXAMPLES} == set(m.KINDS)
+    for payload in EXAMPLES:
+        env = m.make_event(payload, run_id="r1", sender=SENDER, causation_id="c0")
+        back = m.decode(m.encode(env))
+        assert back == env
+        assert back.kind == m.tag_of(payload)
+
+
+def test_tags_are_stable():
+    # The log stores these forever: renaming one is a breaking change, so this list only grows.
+    assert sorted(m.KINDS) == sorted([
+        "run.requested", "run.started", "run.finished", "run.failed",
+        "agent.started", "agent.stopped", "agent.heartbeat",
+        "service.exited", "service.restarted",
+        "evaluation.requested", "evaluation.started", "evaluation.progress", "evaluation.completed",
+        "llm.requested", "llm.responded", "message.rejected",
+    ])
+
+
+def test_unknown_kind_decodes_to_unknown_payload_and_re_encodes_unchanged():
+    env = m.make_event(m.RunStarted(), run_id="r1", sender=SENDER)
+    raw = m.encode(env).replace(b'"run.started"', b'"future.kind"')
+    back = m.decode(raw)
+    assert isinstance(back.payload, m.UnknownPayload)
+    assert back.kind == "future.kind"
+    assert m.decode(m.encode(back)).payload == back.payload
+
+
+def test_new_fields_from_a_newer_writer_are_ignored():
+    env = m.make_event(m.RunFailed(reason="x"), run_id="r1", sender=SENDER)
+    data = msgspec.json.decode(m.encode(env))
+    data["payload"]["added_in_v2"] = [1, 2]
+    data["added_to_envelope"] = True
+    back = m.decode(msgspec.json.encode(data))
+    assert back.payload == m.RunFailed(reason="x")
+
+
+@pytest.mark.parametrize("data", [b"not json", b"{}", b'{"id": 1}', b"[1,2]"])
+def test_garbage_is_undecodable(data):
+    with pytest.raises(m.UndecodableMessage):
+        m.decode(data)
+
+
+def test_known_kind_with_wrong_payload_type_is_undecodable():
+    env = m.make_event(m.RunFailed(reason="x"), run_id="r1", sender=SENDER)
+    bad = m.encode(env).replace(b'"reason":"x"', b'"reason":5')
+    with pytest.raises(m.UndecodableMessage, match="run.failed"):
+        m.decode(bad)
+
+
+def test_payloads_are_frozen():
+    payload = m.RunFailed(reason="x")
+    with pytest.raises(AttributeError):
+        payload.reason = "y"
+
+
+def test_subjects_carry_run_and_kind():
+    assert subjects.event_subject("r1", "evaluation.requested") == "agentnas.evt.r1.evaluation.requested"
+    for bad in ["", "a.b", "a b", "*", ">", "x" * 65]:
+        with pytest.raises(ValueError):
+            subjects.event_subject(bad, "run.started")
