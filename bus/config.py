@@ -108,6 +108,7 @@ class TrainerConfig(_Section):
     concurrency: int = 0  # candidates trained at once per device; 0 = auto
     spare_workers: int = 1  # pre-started sandboxed workers per task
     max_deliver: int = 3  # deliveries of one request before it is dead-lettered
+    ack_wait_s: float = 30.0  # a silent trainer's request goes to another after this long
     cpu_threads: int = 0  # torch threads per worker on CPU; 0 = cores / concurrency
 
 

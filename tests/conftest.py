@@ -30,7 +30,7 @@ async def js(nats_server):
     """A JetStream context on the shared server, with EVENTS and EVAL created fresh."""
     nc = await connect(nats_server.url)
     js = nc.jetstream()
-    for name in ("EVAL", "EVENTS"):
+    for name in ("EVAL", "EVENTS", "KV_eval_results"):
         try:
             await js.delete_stream(name)
         except Exception:
@@ -38,6 +38,17 @@ async def js(nats_server):
     await ensure_streams(js)
     yield js
     await close(nc)
+
+
+@pytest.fixture
+def processes():
+    """Child processes a test starts; whatever is still running at teardown is killed."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def agentnas_cmd(*args: str) -> list[str]:
