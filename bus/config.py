@@ -106,7 +106,7 @@ class EvolutionConfig(_Section):
 class TrainerConfig(_Section):
     devices: list[str] = []  # empty: every visible GPU, else one CPU daemon
     concurrency: int = 0  # candidates trained at once per device; 0 = auto
-    spare_workers: int = 1  # pre-started sandboxed workers per task
+    spare_workers: int = 0  # pre-started sandboxed workers per task; 0 = as many as concurrency
     max_deliver: int = 3  # deliveries of one request before it is dead-lettered
     ack_wait_s: float = 30.0  # a silent trainer's request goes to another after this long
     cpu_threads: int = 0  # torch threads per worker on CPU; 0 = cores / concurrency

@@ -143,6 +143,7 @@ class EvaluationCompleted(Kind, tag="evaluation.completed"):
     traceback: str = ""  # truncated
     attempt: int = 1
     phase: int = 1
+    first_step_at: float | None = None  # wall-clock time training began (None if it never did)
 
 
 class MessageRejected(Kind, tag="message.rejected"):

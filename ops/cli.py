@@ -27,6 +27,7 @@ from agentnas.bus.server import NatsServerError
 from agentnas.ops.home import HomeError, log_file, prepare_home
 from agentnas.store.log import EventLog, LogError
 from agentnas.store.projection import load_run_state
+from agentnas.trainer_daemon.devices import DeviceError
 
 app = typer.Typer(
     name="agentnas",
@@ -39,7 +40,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 
 console = Console()
-USER_ERRORS = (ConfigError, BusUnavailable, NatsServerError, HomeError, LogError)
+USER_ERRORS = (ConfigError, BusUnavailable, NatsServerError, HomeError, LogError, DeviceError)
 
 
 class UserError(RuntimeError):
@@ -124,6 +125,91 @@ def recorder(
         await record(nats_url, log_file(c.home), bus=c.config.bus, stop=stop)
 
     asyncio.run(main())
+
+
+@app.command()
+def trainer(
+    ctx: typer.Context,
+    nats_url: Annotated[str, typer.Option(help="NATS server URL.")],
+    device: Annotated[str, typer.Option(help="cpu or cuda:N.")] = "cpu",
+    concurrency: Annotated[int, typer.Option(help="Candidates trained at once (0: config, else auto).")] = 0,
+    warm: Annotated[Optional[list[str]], typer.Option(help="Tasks to start warm workers for at once.")] = None,
+) -> None:
+    """Run a trainer daemon for one device in the foreground (normally started by `agentnas up`)."""
+    from agentnas.trainer_daemon.daemon import serve
+    from agentnas.trainer_daemon.devices import default_concurrency, parse_device
+
+    c: Context = ctx.obj
+    prepare_home(c.home)
+    device = parse_device(device)
+    k = concurrency or c.config.trainer.concurrency or default_concurrency(device)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(nats_url, c.home, device=device, concurrency=k, config=c.config.trainer, bus=c.config.bus,
+                    stop=stop, warm_tasks=tuple(warm or ()))
+
+    asyncio.run(main())
+
+
+@app.command("check-model")
+def check_model(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="Python file defining `class Architecture(nn.Module)`.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or task TOML file (see `agentnas tasks`).")],
+    device: Annotated[str, typer.Option(help="cpu or cuda:N.")] = "cpu",
+    memory_mb: Annotated[float, typer.Option(help="Memory cap.")] = 11264.0,
+) -> None:
+    """Check a model file: static gate, then build, forward/backward, shapes, FLOPs, memory (exit 0 only if ok)."""
+    from agentnas.trainer_daemon.check import check_model_file
+    from agentnas.trainer_daemon.devices import parse_device
+    from agentnas.trainer_daemon.tasks import TaskError, load_task
+
+    c: Context = ctx.obj
+    device = parse_device(device)
+    try:
+        load_task(task)
+    except TaskError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        source = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read model file {file}: {getattr(exc, 'strerror', None) or exc}") from None
+    result = asyncio.run(check_model_file(source, task, device=device, memory_mb=memory_mb, scratch_root=c.home / "scratch"))
+    if result.status == "ok":
+        console.print(f"[green]ok[/green]  params {result.params:,}  FLOPs/sample {result.flops:,}  "
+                      f"peak memory {result.peak_memory_mb:.1f} MB", highlight=False)
+        for warning in result.warnings:
+            console.print(f"warning: {warning}", highlight=False)
+        return
+    console.print(f"[red]{result.status}[/red]: {result.reason}", highlight=False, soft_wrap=True)
+    if result.traceback:
+        Console(stderr=True).print(result.traceback, highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def tasks(
+    ctx: typer.Context,
+    task_file: Annotated[Optional[Path], typer.Argument(help="Also check and show this task TOML file.")] = None,
+) -> None:
+    """List the built-in tasks (and check a custom task file)."""
+    from agentnas.trainer_daemon.tasks import TaskError, list_tasks, load_task
+
+    specs = list_tasks()
+    if task_file is not None:
+        try:
+            specs.append(load_task(str(task_file)).spec)
+        except TaskError as exc:
+            raise UserError(str(exc)) from None
+    table = Table("task", "input", "output", "loss", "metric (lower is better)", "blind")
+    for spec in specs:
+        table.add_row(spec.name, "x".join(map(str, spec.input_shape)), "x".join(map(str, spec.output_shape)),
+                      spec.loss, spec.metric, "yes" if spec.blind else "")
+    console.print(table)
 
 
 # --- reading the log ------------------------------------------------------------------------

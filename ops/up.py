@@ -17,14 +17,21 @@ from agentnas.bus.publish import publish
 from agentnas.bus.server import NatsServer
 from agentnas.ops import home as home_mod
 from agentnas.ops.supervisor import ServiceSpec, Supervisor, sender
+from agentnas.trainer_daemon.devices import default_devices, parse_device
 
 
-def service_specs(config_path: str | None, home: Path, url: str) -> list[ServiceSpec]:
-    """Every service `up` starts on this machine. Later issues append trainers and agents."""
+def service_specs(config: Config, config_path: str | None, home: Path, url: str) -> list[ServiceSpec]:
+    """Every service `up` starts on this machine: the recorder, one trainer daemon per GPU
+    (or one for the CPU). Later issues append the agents."""
     base = [sys.executable, "-m", "agentnas.ops.cli", "--home", str(home), "--log-format", "json"]
     if config_path:
         base += ["--config", config_path]
-    return [ServiceSpec(name="recorder", argv=[*base, "recorder", "--nats-url", url])]
+    specs = [ServiceSpec(name="recorder", argv=[*base, "recorder", "--nats-url", url])]
+    for device in config.trainer.devices or default_devices():
+        device = parse_device(device)
+        specs.append(ServiceSpec(name=f"trainer-{device.replace(':', '')}",
+                                 argv=[*base, "trainer", "--nats-url", url, "--device", device]))
+    return specs
 
 
 async def run_up(
@@ -66,7 +73,7 @@ async def _supervise(
     async def notify(payload: messages.Kind) -> None:
         await publish(js, messages.make_event(payload, run_id=subjects.SYSTEM_RUN, sender=me))
 
-    supervisor = Supervisor(service_specs(config_path, home, url), home / "logs", notify)
+    supervisor = Supervisor(service_specs(config, config_path, home, url), home / "logs", notify)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

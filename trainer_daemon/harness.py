@@ -84,6 +84,7 @@ class JobResult(msgspec.Struct, kw_only=True):
     weights_path: str = ""
     warnings: list[str] = []
     traceback: str = ""  # truncated to ~4000 chars
+    first_step_at: float | None = None  # wall-clock time of the first training step (queue latency)
 
 
 class JobFailed(Exception):
@@ -146,6 +147,8 @@ def build_model(source: str, eval_id: str) -> nn.Module:
     # lets tracebacks quote the candidate's own lines
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType("agentnas_candidate")
+    # registered while it runs: dataclasses and typing resolve names through sys.modules
+    sys.modules[module.__name__] = module
     exec(compile(source, filename, "exec"), module.__dict__)  # the sandbox's gate has passed it
     cls = module.__dict__.get("Architecture")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -423,6 +426,8 @@ def train(model: nn.Module, recipe: Recipe, loss_name: str, x: torch.Tensor, y: 
             index = order[step * batch:(step + 1) * batch]
             xb, yb = x[index], y[index]
             xb, y_mix, lam = augment(xb, yb, augs, recipe.augmentation_params, rng)
+            if result.first_step_at is None:
+                result.first_step_at = time.time()
             timer.start()
             # forward / backward
             out = model(xb)
@@ -589,3 +594,44 @@ def _train_request(job: Job, data: TaskData, recipe: Recipe, augs: list[str], mo
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             result.weights_path = save_weights(job, recipe, state, recipe.epochs,
                                                {"test_metric": result.test_metric})
+
+
+# ---------------------------------------------------------------- warm-up
+
+_WARM_UP_SOURCE = """
+import math
+import torch
+from torch import nn
+
+IN, OUT = {input_shape}, {output_shape}
+
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        conv, norm = {{2: (nn.Conv1d, nn.BatchNorm1d), 3: (nn.Conv2d, nn.BatchNorm2d)}}.get(len(IN), (None, None))
+        self.body = nn.Sequential(conv(IN[0], 8, 3, padding=1), norm(8), nn.ReLU()) if conv else nn.Identity()
+        features = 8 * math.prod(IN[1:]) if conv else math.prod(IN)
+        self.head = nn.Linear(features, math.prod(OUT))
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1)).view(x.shape[0], *OUT)
+"""
+
+
+def warm_up(data: TaskData, device: str) -> None:
+    """Train a tiny trusted model for one short proxy epoch on a slice of the task.
+
+    A worker calls this before it says it is ready, so the first real job does not pay for
+    torch's lazy start-up (kernel selection, autograd, optimizer and flop-counter set-up),
+    which costs seconds on a CPU.
+    """
+    spec = data.spec
+    source = _WARM_UP_SOURCE.format(input_shape=tuple(spec.input_shape), output_shape=tuple(spec.output_shape))
+    n = min(len(data.train_x), 512)
+    small = msgspec.structs.replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n])
+    job = Job(eval_id="warm-up", request="proxy", model_source=source,
+              recipe={"epochs": 1, "batch_size": min(64, n), "scheduler": "none"}, time_cap_s=120.0,
+              memory_cap_mb=1e9)
+    run_job(job, small, device, lambda progress: None)
+

@@ -1,0 +1,381 @@
+"""The sandboxed worker pool: real jobs run, and every hostile candidate is contained.
+
+The runtime tests switch the static gate off on purpose (and, for the network
+case, the audit hook too), so each remaining wall is shown to hold by itself.
+They use the real harness on CPU and a tiny task file written here (shaped
+like the built-in `addigits`: 3x8x8 inputs, 28 classes), which starts faster
+than a built-in task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from agentnas.trainer_daemon.harness import Job
+from agentnas.trainer_daemon.sandbox import Limits, WorkerPool, child_env, wall_timeout_s
+from agentnas.trainer_daemon.worker import make_audit_hook
+
+pytestmark = pytest.mark.timeout(180)
+
+HOSTILE = Path(__file__).parent / "hostile"
+LIMITS = Limits(memory_mb=512, cpu_s=2, file_mb=8, nproc=32, wall_s=8, output_chars=4000, threads=1)
+FAKE_KEY = "sk-ant-FAKE-0123456789abcdef"
+
+SMALL_MODEL = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 28)
+
+    def forward(self, x):
+        if self.training:
+            x = x + 0.01 * torch.randn_like(x)
+        return self.head(F.relu(self.conv(x)).mean(dim=(2, 3)))
+'''
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_child_env_is_an_allow_list(tmp_path):
+    parent = {
+        "PATH": "/usr/bin", "LANG": "C.UTF-8", "PYTHONPATH": "/src", "HOME": "/root",
+        "ANTHROPIC_API_KEY": FAKE_KEY, "OPENAI_API_KEY": "x", "AWS_SECRET_ACCESS_KEY": "x",
+        "NATS_URL": "nats://secret", "GITHUB_TOKEN": "x", "DB_PASSWORD": "x", "SOMETHING_ELSE": "x",
+        "CUDA_VISIBLE_DEVICES": "1",
+    }
+    env = child_env(parent, scratch=tmp_path, threads=3, device="cpu")
+    assert env["PATH"] == "/usr/bin" and env["PYTHONPATH"] == "/src" and env["LANG"] == "C.UTF-8"
+    assert env["HOME"] == env["TMPDIR"] == str(tmp_path)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert not {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "NATS_URL", "GITHUB_TOKEN",
+                "DB_PASSWORD", "SOMETHING_ELSE", "CUDA_VISIBLE_DEVICES"} & set(env)
+    assert FAKE_KEY not in str(env)
+    assert child_env(parent, scratch=tmp_path, threads=1, device="cuda:0")["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_wall_timeout_scales_with_the_cap_and_is_bounded():
+    limits = Limits(wall_s=10_000.0)
+    assert wall_timeout_s(limits, 100.0) == pytest.approx(100.0 * 2 + 300.0)
+    assert wall_timeout_s(limits, 3600.0) == 3600.0 * 2 + 300.0
+    assert wall_timeout_s(limits, 24 * 3600.0) == 10_000.0
+
+
+def test_limits_refuse_unknown_fields():
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"memory_mb": 1, "disk_mb": 2}', type=Limits)
+
+
+def test_pool_refuses_unknown_walls(tmp_path):
+    with pytest.raises(ValueError, match="rlimits"):
+        WorkerPool("tiny.toml", "cpu", spares=0, limits=LIMITS, scratch_root=tmp_path,
+                   unsafe_disable=frozenset({"rlimits"}))
+
+
+def test_audit_hook_decisions(tmp_path):
+    """The hook as a plain function (installing it here would bind the test process for good)."""
+    scratch, outside = tmp_path / "scratch", tmp_path / "outside"
+    scratch.mkdir()
+    outside.mkdir()
+    (outside / "data.txt").write_text("x")
+    hook = make_audit_hook((str(scratch),), (str(outside),))
+    hook("open", (str(scratch / "w.bin"), "wb", 0))
+    hook("open", (str(outside / "data.txt"), "r", 0))
+    hook("os.rename", (str(scratch / "a"), str(scratch / "b"), None, None))
+    refused = [
+        ("open", (str(outside / "data.txt"), "w", 0)),
+        ("open", (str(outside / "new"), None, os.O_WRONLY | os.O_CREAT)),
+        ("open", ("/etc/passwd", "r", 0)),
+        ("open", (str(outside), "r", 0)),  # a directory
+        ("open", (3, "wb", 0)),
+        ("os.rename", (str(scratch / "a"), str(outside / "b"), None, None)),
+        ("os.remove", (str(scratch / "a"), 5)),  # relative to some directory fd
+        ("os.symlink", ("/etc/passwd", str(outside / "l"), None)),
+        ("os.system", (b"id",)),
+        ("subprocess.Popen", ("id", ["id"], None, None)),
+        ("os.fork", ()),
+        ("os.kill", (1, 0)),
+        ("socket.connect", (None, ("1.1.1.1", 80))),
+        ("ctypes.dlopen", ("libc.so.6",)),
+        ("resource.setrlimit", (0, (1, 1))),
+        ("os.listdir", ("/root",)),
+    ]
+    for event, args in refused:
+        with pytest.raises(PermissionError, match="sandbox blocked"):
+            hook(event, args)
+    # a symlink inside the scratch folder does not lead out of it
+    (scratch / "link").symlink_to(outside / "data.txt")
+    with pytest.raises(PermissionError):
+        hook("open", (str(scratch / "link"), "w", 0))
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+class Dirs(msgspec.Struct, frozen=True, kw_only=True):
+    root: Path
+    scratch: Path
+    outside: Path
+    weights: Path
+    task: str  # the task file
+
+
+def _write_task(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    files = []
+    for split, n in (("train", 256), ("valid", 64), ("test", 64)):
+        np.save(folder / f"{split}_x.npy", rng.standard_normal((n, 3, 8, 8)).astype(np.float32))
+        np.save(folder / f"{split}_y.npy", rng.integers(0, 28, n))
+        files += [f'{split}_x = "{split}_x.npy"', f'{split}_y = "{split}_y.npy"']
+    toml = folder / "tiny.toml"
+    toml.write_text('name = "tiny"\ninput_shape = [3, 8, 8]\noutput_shape = [28]\nloss = "cross_entropy"\n'
+                    'metric = "error_pct"\n[files]\n' + "\n".join(files) + "\n")
+    return toml
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> Dirs:
+    root = tmp_path_factory.mktemp("sandbox")
+    made = Dirs(root=root, scratch=root / "scratch", outside=root / "outside", weights=root / "weights",
+                task=str(_write_task(root / "task")))
+    made.outside.mkdir()
+    (made.outside / "sentinel.txt").write_text("untouched")
+    return made
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A TCP port in the test's own network namespace; no worker may ever reach it."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def secret_env():
+    """A fake API key in the parent's environment, set before any worker starts."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
+        patch.setenv("AGENTNAS_TEST_TOKEN", FAKE_KEY)
+        yield
+
+
+@pytest.fixture(scope="module")
+async def open_pool(dirs, secret_env):
+    """Workers with the static gate switched off: only the runtime walls stand."""
+    pool = WorkerPool(dirs.task, "cpu", spares=2, limits=LIMITS, scratch_root=dirs.scratch,
+                      unsafe_disable=frozenset({"gate"}))
+    await pool.start()
+    yield pool
+    await pool.close()
+
+
+def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, float]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime) for p in root.rglob("*")
+            if p.is_file() and skip not in p.parents}
+
+
+def _worker_cwds(scratch_root: Path) -> list[int]:
+    """Processes whose working directory lies under the scratch root: the pool's workers."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(scratch_root) in os.readlink(entry / "cwd"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def _run_watched(pool: WorkerPool, job: Job) -> tuple[object, set[int], list[dict]]:
+    seen: set[int] = set()
+    progress: list[dict] = []
+
+    async def watch() -> None:
+        while True:
+            seen.update(pool.running_pids)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        result = await pool.run(job, progress.append)
+    finally:
+        watcher.cancel()
+    return result, seen, progress
+
+
+# ---------------------------------------------------------------- real jobs
+
+
+async def test_proxy_job_reports_progress_and_saves_nothing_outside(dirs, secret_env):
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=dirs.scratch) as pool:
+        before = _snapshot(dirs.root, dirs.scratch)
+        progress: list[dict] = []
+
+        async def on_progress(line: dict) -> None:  # an async callback is awaited
+            progress.append(line)
+
+        job = Job(eval_id="p1", request="final_wave1", model_source=SMALL_MODEL,
+                  recipe={"epochs": 2, "batch_size": 128}, weights_dir=str(dirs.weights))
+        result = await pool.run(job, on_progress)
+        assert result.status == "ok", result
+        assert [p["epoch"] for p in progress] == [1, 2]
+        assert {"epoch", "epochs", "train_loss", "val_metric", "device_time_s"} <= set(progress[0])
+        assert result.epochs_done == 2 and result.val_metric is not None
+        # the result says so exactly when a wall is missing
+        assert bool([w for w in result.warnings if w.startswith("sandbox:")]) != _os_gives_namespaces()
+        # the only new file anywhere outside scratch is the checkpoint, in weights_dir
+        after = _snapshot(dirs.root, dirs.scratch)
+        assert set(after) - set(before) == {result.weights_path}
+        assert Path(result.weights_path).parent == dirs.weights
+
+        # a warm worker answers at once: the gate (in the worker) refuses this in well under a second
+        await pool.start()  # waits until the replacement spare is ready
+        warm = set(_worker_cwds(dirs.scratch))
+        started = time.monotonic()
+        result, pids, _ = await _run_watched(
+            pool, Job(eval_id="p2", request="validate", model_source="import os\n" + SMALL_MODEL))
+        assert time.monotonic() - started < 1.0
+        assert pids <= warm  # it ran in a worker started before the job came
+        assert result.status == "rejected" and "import of 'os'" in result.reason
+
+
+async def test_worker_that_cannot_start_gives_an_error(dirs):
+    async with WorkerPool("no-such-task", "cpu", spares=0, limits=LIMITS, scratch_root=dirs.scratch) as pool:
+        result = await pool.run(Job(eval_id="s1", request="validate", model_source=SMALL_MODEL), print)
+    assert result.status == "error"
+    assert "worker failed to start" in result.reason and "no-such-task" in result.reason
+    assert "TaskError" in result.traceback
+
+
+# ---------------------------------------------------------------- the hostile corpus
+
+
+TIMEOUT_CASES = ("infinite_forward", "sleep_forever")  # run side by side in test_timeouts_...
+
+
+def _runtime_cases() -> list[Path]:
+    return [p for p in sorted(HOSTILE.glob("*.py")) if "# runtime:" in p.read_text() and p.stem not in TIMEOUT_CASES]
+
+
+def _header(text: str, key: str) -> str | None:
+    match = re.search(rf"^# {key}: (.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def _os_gives_namespaces() -> bool:
+    """Whether a child process may unshare its network and mount namespaces (root, usually)."""
+    probe = "import ctypes; raise SystemExit(ctypes.CDLL(None).unshare(0x40000000 | 0x20000) != 0)"
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+def _check_env_not_leaked(result) -> None:
+    text = result.reason + result.traceback
+    assert "HOME=" in text  # the candidate did read its environment...
+    assert FAKE_KEY not in text and "ANTHROPIC" not in text and "AGENTNAS_TEST_TOKEN" not in text  # ...minus secrets
+
+
+EXTRA_CHECKS = {"env_read": _check_env_not_leaked}
+
+
+@pytest.mark.parametrize("path", _runtime_cases(), ids=lambda p: p.stem)
+async def test_hostile_candidate_is_contained(path, dirs, listener, open_pool):
+    text = path.read_text()
+    statuses, _, expected = _header(text, "runtime").partition("|")
+    disabled = frozenset((_header(text, "disable") or "gate").split(","))
+    source = text.replace("OUTSIDE_DIR", str(dirs.outside)).replace("PARENT_PORT", str(listener.getsockname()[1]))
+    if _header(text, "needs") == "namespaces" and not _os_gives_namespaces():
+        pytest.skip("only network and mount namespaces stop this one, and this OS gives none")
+    job = Job(eval_id=path.stem, request="validate", model_source=source)
+    before = _snapshot(dirs.root, dirs.scratch)
+
+    if disabled == {"gate"}:
+        result, pids, _ = await _run_watched(open_pool, job)
+    else:
+        async with WorkerPool(dirs.task, "cpu", spares=0, limits=LIMITS, scratch_root=dirs.scratch,
+                              unsafe_disable=disabled) as pool:
+            result, pids, _ = await _run_watched(pool, job)
+
+    assert result.status in {s.strip() for s in statuses.split(",")}, result
+    assert expected.strip() in result.reason + result.traceback, result
+    if path.stem in EXTRA_CHECKS:
+        EXTRA_CHECKS[path.stem](result)
+    # nothing written outside the scratch root, nothing reached the parent, nothing left running
+    assert _snapshot(dirs.root, dirs.scratch) == before
+    assert sorted(p.name for p in dirs.outside.iterdir()) == ["sentinel.txt"]
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    assert all(_gone(pid) for pid in pids)
+    cap = LIMITS.file_mb * 2**20
+    assert not [p for p in dirs.scratch.rglob("*") if p.is_file() and p.stat().st_size > cap]
+
+
+async def test_timeouts_kill_the_whole_process_group(dirs, open_pool):
+    """Both clocks: CPU time (SIGXCPU) for a busy loop, wall clock for a sleeper."""
+    busy = (HOSTILE / "infinite_forward.py").read_text()
+    sleeper = (HOSTILE / "sleep_forever.py").read_text()
+    started = time.monotonic()
+    (busy_result, busy_pids, _), (sleep_result, sleep_pids, _) = await asyncio.gather(
+        _run_watched(open_pool, Job(eval_id="busy", request="validate", model_source=busy)),
+        _run_watched(open_pool, Job(eval_id="sleep", request="validate", model_source=sleeper)))
+    assert busy_result.status == "timeout" and "CPU time limit" in busy_result.reason
+    assert sleep_result.status == "timeout" and "wall-clock limit of 8 s" in sleep_result.reason
+    assert time.monotonic() - started < LIMITS.wall_s + 10
+    assert busy_pids and sleep_pids and all(_gone(pid) for pid in busy_pids | sleep_pids)
+
+
+async def test_worker_killed_from_outside_is_an_error(open_pool):
+    sleeper = (HOSTILE / "sleep_forever.py").read_text()
+    run = asyncio.create_task(open_pool.run(Job(eval_id="killed", request="validate", model_source=sleeper), print))
+    while not open_pool.running_pids:
+        await asyncio.sleep(0.02)
+    pid = open_pool.running_pids[0]
+    await asyncio.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+    result = await run
+    assert result.status == "error" and "SIGKILL" in result.reason
+    assert _gone(pid)
+
+
+async def test_close_kills_spares_and_removes_scratch(tmp_path, dirs):
+    scratch = tmp_path / "scratch"
+    pool = WorkerPool(dirs.task, "cpu", spares=2, limits=LIMITS, scratch_root=scratch)
+    await pool.start()
+    pids = _worker_cwds(scratch)
+    assert len(pids) == 2
+    await pool.close()
+    assert _worker_cwds(scratch) == [] and all(_gone(pid) for pid in pids)
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(RuntimeError, match="closed"):
+        await pool.run(Job(eval_id="late", request="validate", model_source=SMALL_MODEL), print)

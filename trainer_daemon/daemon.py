@@ -1,0 +1,260 @@
+"""The trainer daemon: pulls evaluation requests from the EVAL work queue and trains them.
+
+One daemon per device (`cuda:N` or `cpu`) trains up to `concurrency` candidates at once,
+each in its own single-use sandboxed worker (sandbox.py) with its own memory cap. For each
+request it publishes `evaluation.started`, per-epoch `evaluation.progress` and exactly one
+`evaluation.completed`:
+
+- the completed event's id is derived from the eval id, so a second completion (a
+  redelivery racing a slow ack) is dropped by JetStream's duplicate window and by the
+  log's unique id;
+- completed results are also kept in a key-value bucket, so a request whose result
+  exists is acked without training again, on any machine;
+- while training, the request is kept alive with in-progress acks; a daemon killed
+  mid-evaluation leaves the request unacked and JetStream hands it to a daemon again;
+- the delivery after the last allowed one becomes a completed event with status `error`
+  (dead-lettered), never silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import msgspec
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from agentnas.bus import messages as m
+from agentnas.bus import subjects
+from agentnas.bus.config import BusConfig, TrainerConfig
+from agentnas.bus.connect import close, connect, ensure_streams
+from agentnas.bus.publish import publish
+from agentnas.trainer_daemon.harness import Job, JobResult
+from agentnas.trainer_daemon.sandbox import Limits, WorkerPool
+
+log = structlog.get_logger("agentnas.trainer")
+
+RESULTS_BUCKET = "eval_results"
+
+
+def consumer_config(ack_wait_s: float) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=subjects.TRAINERS_DURABLE,
+        filter_subject=subjects.EVAL_REQUESTS_FILTER,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,  # in-progress acks every third of this keep a long training alive
+        max_deliver=-1,  # we count deliveries ourselves so the last one becomes an `error` result
+        max_ack_pending=10_000,
+    )
+
+
+def completed_id(eval_id: str) -> str:
+    return f"completed-{eval_id}"
+
+
+def completed_event(req: m.EvaluationRequested, result: JobResult, *, attempt: int, wall_s: float) -> m.EvaluationCompleted:
+    return m.EvaluationCompleted(
+        eval_id=req.eval_id,
+        status=result.status,
+        reason=result.reason,
+        request=req.request,
+        arch_id=req.arch_id,
+        val_metric=result.val_metric,
+        test_metric=result.test_metric,
+        metric_name=result.metric_name,
+        params=result.params,
+        flops=result.flops,
+        peak_memory_mb=result.peak_memory_mb,
+        device_time_s=result.device_time_s,
+        wall_time_s=round(wall_s, 3),
+        epochs_done=result.epochs_done,
+        best_epoch=result.best_epoch,
+        weights_path=result.weights_path,
+        warnings=list(result.warnings),
+        traceback=result.traceback,
+        attempt=attempt,
+        phase=req.phase,
+        first_step_at=result.first_step_at,
+    )
+
+
+class Trainer:
+    """The daemon's state: its pools of warm workers and the jobs running now."""
+
+    def __init__(self, js, kv, *, device: str, concurrency: int, config: TrainerConfig, home: Path) -> None:
+        self.js, self.kv = js, kv
+        self.device, self.concurrency, self.config, self.home = device, concurrency, config, home
+        self.sender = m.Sender(agent="trainer", instance=f"{socket.gethostname()}:{device}:{os.getpid()}")
+        self.pools: dict[tuple, WorkerPool] = {}
+        self.running: set[asyncio.Task] = set()
+
+    def limits(self, caps: m.Caps) -> Limits:
+        threads = self.config.cpu_threads or max(1, (os.cpu_count() or 1) // self.concurrency)
+        return Limits(memory_mb=caps.memory_mb, cpu_s=max(60.0, caps.time_s * threads * 2 + 120), threads=threads)
+
+    async def pool_for(self, task: str, caps: m.Caps) -> WorkerPool:
+        key = (task, caps.time_s, caps.memory_mb)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = WorkerPool(task, self.device, spares=self.config.spare_workers or self.concurrency, limits=self.limits(caps),
+                              scratch_root=self.home / "scratch")
+            self.pools[key] = pool
+        return pool
+
+    async def emit(self, payload: m.Kind, run_id: str, causation_id: str | None, event_id: str | None = None) -> None:
+        await publish(self.js, m.make_event(payload, run_id=run_id, sender=self.sender, causation_id=causation_id, id=event_id))
+
+    async def already_done(self, eval_id: str) -> bool:
+        try:
+            await self.kv.get(eval_id)
+            return True
+        except KeyNotFoundError:
+            return False
+
+    async def finish(self, env: m.Envelope, req: m.EvaluationRequested, result: JobResult, attempt: int, wall_s: float) -> None:
+        done = completed_event(req, result, attempt=attempt, wall_s=wall_s)
+        await self.emit(done, env.run_id, env.id, event_id=completed_id(req.eval_id))
+        await self.kv.put(req.eval_id, msgspec.json.encode({"status": result.status, "run_id": env.run_id}))
+        log.info("evaluation completed", eval_id=req.eval_id, status=result.status, val=result.val_metric,
+                 reason=result.reason, wall_s=round(wall_s, 2))
+
+    async def handle(self, msg) -> None:
+        try:
+            env = m.decode(msg.data)
+        except m.UndecodableMessage as exc:
+            log.warning("undecodable evaluation request terminated", error=str(exc)[:200])
+            await msg.term()  # the recorder keeps it as message.rejected
+            return
+        req = env.payload
+        if not isinstance(req, m.EvaluationRequested):
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered
+        structlog.contextvars.bind_contextvars(run_id=env.run_id, eval_id=req.eval_id)
+        if await self.already_done(req.eval_id):
+            log.info("result already in the log; not training again", eval_id=req.eval_id)
+            await msg.ack()
+            return
+        if attempt > self.config.max_deliver:
+            reason = f"dead-lettered: delivered {attempt - 1} times without a result (trainer killed or stuck each time)"
+            await self.finish(env, req, JobResult(status="error", reason=reason), attempt, 0.0)
+            await msg.ack()
+            return
+        await self.emit(m.EvaluationStarted(eval_id=req.eval_id, device=self.device, worker=self.sender.instance,
+                                            attempt=attempt), env.run_id, env.id)
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        start = time.monotonic()
+        try:
+            result = await self.evaluate(env, req)
+        finally:
+            keepalive.cancel()
+        await self.finish(env, req, result, attempt, time.monotonic() - start)
+        await msg.ack()
+
+    async def evaluate(self, env: m.Envelope, req: m.EvaluationRequested) -> JobResult:
+        job = Job(
+            eval_id=req.eval_id,
+            request=req.request,
+            model_source=req.model_source,
+            recipe=req.recipe,
+            time_cap_s=req.caps.time_s,
+            memory_cap_mb=req.caps.memory_mb,
+            seed=req.seed,
+            weights_dir=str(self.home / "weights" / env.run_id) if req.request in ("final_wave1", "final_wave2") else "",
+        )
+        pool = await self.pool_for(req.task, req.caps)
+
+        async def on_progress(p: dict) -> None:
+            await self.emit(m.EvaluationProgress(eval_id=req.eval_id, epoch=p["epoch"], epochs=p["epochs"],
+                                                 train_loss=p["train_loss"], val_metric=p.get("val_metric"),
+                                                 device_time_s=p.get("device_time_s", 0.0)), env.run_id, env.id)
+
+        return await pool.run(job, on_progress)
+
+    async def _keep_alive(self, msg) -> None:
+        while True:
+            await asyncio.sleep(self.config.ack_wait_s / 3)
+            await msg.in_progress()
+
+    async def close(self) -> None:
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+        for pool in self.pools.values():
+            await pool.close()
+
+
+async def results_bucket(js):
+    try:
+        return await js.key_value(RESULTS_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(api.KeyValueConfig(bucket=RESULTS_BUCKET, history=1,
+                                                            storage=api.StorageType.FILE))
+
+
+async def serve(
+    url: str,
+    home: Path,
+    *,
+    device: str,
+    concurrency: int,
+    config: TrainerConfig = TrainerConfig(),
+    bus: BusConfig = BusConfig(),
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    warm_tasks: tuple[str, ...] = (),
+) -> None:
+    """Run one trainer daemon until `stop` is set."""
+    async with AsyncExitStack() as stack:
+        nc = await connect(url, bus, name=f"agentnas-trainer-{device}")
+        stack.push_async_callback(close, nc)
+        js = nc.jetstream()
+        await ensure_streams(js)
+        kv = await results_bucket(js)
+        trainer = Trainer(js, kv, device=device, concurrency=concurrency, config=config, home=home)
+        stack.push_async_callback(trainer.close)
+        for task in warm_tasks:  # start workers before the first request arrives
+            await (await trainer.pool_for(task, m.Caps())).start()
+        sub = await js.pull_subscribe(subjects.EVAL_REQUESTS_FILTER, durable=subjects.TRAINERS_DURABLE,
+                                      stream=subjects.EVAL_STREAM, config=consumer_config(config.ack_wait_s))
+        await trainer.emit(m.AgentStarted(role="trainer", pid=os.getpid(), host=socket.gethostname(),
+                                          version=device), subjects.SYSTEM_RUN, None)
+        log.info("trainer started", device=device, concurrency=concurrency)
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            free = concurrency - len(trainer.running)
+            if free <= 0:
+                await asyncio.wait(trainer.running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await sub.fetch(free, timeout=0.5)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue  # an empty fetch is normal
+            for msg in msgs:
+                task = asyncio.create_task(_guarded(trainer, msg))
+                trainer.running.add(task)
+                task.add_done_callback(trainer.running.discard)
+        await sub.unsubscribe()
+        await trainer.emit(m.AgentStopped(role="trainer"), subjects.SYSTEM_RUN, None)
+        log.info("trainer stopped")
+
+
+async def _guarded(trainer: Trainer, msg) -> None:
+    try:
+        await trainer.handle(msg)
+    except asyncio.CancelledError:
+        raise  # shutting down: the request stays unacked and is redelivered
+    except Exception as exc:  # infrastructure trouble (bus down): let another delivery try
+        log.exception("evaluation handling failed; will be redelivered", error=str(exc))
+        try:
+            await msg.nak(delay=5)
+        except Exception:
+            pass

@@ -1,0 +1,358 @@
+"""Single-use sandboxed worker processes for evaluation jobs, kept warm.
+
+A worker (worker.py) is a child process in its own process group, with an
+allow-listed environment (no API keys), a fresh scratch folder as cwd and
+HOME, resource limits, an audit hook and, where the OS allows, no network. It
+imports torch and loads the task before it says "ready", so a job starts in
+well under a second; it runs exactly one job and exits. The pool keeps
+`spares` such workers started, enforces a wall-clock deadline by killing the
+whole process group, and turns every way a worker can end into a JobResult:
+
+- a result line from the worker -> that result (an allocation failure
+  reported as "error" becomes "oom");
+- wall-clock deadline, or SIGXCPU from the CPU-time limit -> "timeout";
+- any other death without a result -> "error" with the tail of its output
+  ("oom" when that tail shows a MemoryError).
+
+This module does not import torch; only the worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from agentnas.trainer_daemon.harness import Job, JobResult
+
+__all__ = ["Limits", "WorkerPool", "WorkerStartError", "child_env", "wall_timeout_s"]
+
+WALL_FACTOR = 2.0  # the job's device-time cap leaves out evaluation and data handling
+WALL_GRACE_S = 300.0
+STARTUP_TIMEOUT_S = 600.0
+RESULT_EXIT_GRACE_S = 2.0  # after a result line the worker exits by itself; then it is killed
+PROTO_LINE_LIMIT = 2**20
+
+# The only variables a worker inherits (HOME, TMPDIR and the thread counts are set, not inherited).
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
+# Belt and braces over the allow-list: a name with one of these is never passed.
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AWS_", "ANTHROPIC", "OPENAI", "NATS")
+OOM_MARKERS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "out of memory", "OutOfMemoryError")
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    memory_mb: float = 11264.0  # CPU: address space above the warm worker (+1 GB headroom); CUDA: GPU memory
+    cpu_s: float = 4 * 3600.0  # CPU seconds of one job, all threads together (SIGXCPU -> timeout)
+    file_mb: float = 4096.0  # largest file a job may write, saved weights included
+    nproc: int = 64  # threads/processes a job may add (RLIMIT_NPROC; not enforced for root)
+    wall_s: float = 26 * 3600.0  # hard wall-clock cap of one job
+    output_chars: int = 4000  # tail of the worker's stdout+stderr kept for the result
+    threads: int = 1  # OMP / MKL / torch intra-op threads
+    host_memory_mb: float = 32768.0  # CUDA workers only: host memory above the warm worker (RLIMIT_DATA)
+
+
+class WorkerStartError(RuntimeError):
+    """A worker died or fell silent before it was ready; the message ends with its output."""
+
+
+def wall_timeout_s(limits: Limits, time_cap_s: float) -> float:
+    """Wall-clock deadline of one job: a multiple of its device-time cap plus grace, at most wall_s."""
+    return min(limits.wall_s, time_cap_s * WALL_FACTOR + WALL_GRACE_S)
+
+
+def child_env(parent: Mapping[str, str], *, scratch: Path, threads: int, device: str) -> dict[str, str]:
+    """The complete environment of a worker: an allow-list of the parent's, plus fixed settings."""
+    names = PASSED_ENV + (("CUDA_VISIBLE_DEVICES",) if device.startswith("cuda") else ())
+    env = {name: parent[name] for name in names
+           if name in parent and not any(marker in name.upper() for marker in SECRET_MARKERS)}
+    env.update({
+        "HOME": str(scratch), "TMPDIR": str(scratch),
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+        "MALLOC_ARENA_MAX": "2",  # each glibc arena reserves 64 MB of address space
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+    })
+    return env
+
+
+class _Tail:
+    """The last part of a stream (bytes; decoded and cut to characters on demand)."""
+
+    def __init__(self, chars: int) -> None:
+        self.cap = 4 * max(chars, 1)
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.cap:
+            del self.data[: len(self.data) - self.cap]
+
+    def text(self, chars: int) -> str:
+        return self.data.decode("utf-8", errors="replace")[-chars:]
+
+
+@dataclasses.dataclass
+class _Worker:
+    proc: asyncio.subprocess.Process
+    proto: asyncio.StreamReader
+    transport: asyncio.BaseTransport
+    scratch: Path
+    tail: _Tail
+    drain: asyncio.Task[None]
+    hello: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Outcome:
+    deadline_s: float
+    result: JobResult | None = None
+    progress: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timed_out: bool = False
+    protocol_error: str = ""
+
+
+async def _drain(stream: asyncio.StreamReader, tail: _Tail) -> None:
+    while chunk := await stream.read(65536):
+        tail.feed(chunk)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _looks_oom(text: str) -> bool:
+    return any(marker in text for marker in OOM_MARKERS)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "(no output)"
+
+
+class WorkerPool:
+    """Keeps `spares` sandboxed workers ready for `task_ref` on `device`; each serves one job.
+
+    `unsafe_disable` (test only) names walls the workers leave off: "gate",
+    "audit_hook". It exists so the tests can show each remaining wall alone.
+    """
+
+    def __init__(self, task_ref: str, device: str, *, spares: int, limits: Limits, scratch_root: Path,
+                 python: str = sys.executable, unsafe_disable: frozenset[str] = frozenset()) -> None:
+        unknown = set(unsafe_disable) - {"gate", "audit_hook"}
+        if unknown:
+            raise ValueError(f"unknown walls to disable: {sorted(unknown)}")
+        self._task_ref, self._device, self._limits = task_ref, device, limits
+        self._spare_count, self._python = spares, python
+        self._scratch_root = Path(scratch_root)
+        self._unsafe_disable = frozenset(unsafe_disable)
+        self._spares: list[asyncio.Task[_Worker]] = []
+        self._busy: dict[int, _Worker] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def running_pids(self) -> list[int]:
+        """Process ids of the workers running a job now."""
+        return list(self._busy)
+
+    async def start(self) -> None:
+        """Start the spares and wait until each is ready (or failed)."""
+        self._top_up()
+        await asyncio.gather(*self._spares, return_exceptions=True)
+
+    async def run(self, job: Job, on_progress: Callable[[dict], Awaitable[None] | None]) -> JobResult:
+        """Run `job` in a fresh worker; every outcome, including the worker's death, is a JobResult."""
+        from agentnas.trainer_daemon.harness import JobResult
+
+        if self._closed:
+            raise RuntimeError("WorkerPool is closed")
+        try:
+            worker = await self._take()
+        except WorkerStartError as exc:
+            reason, _, output = str(exc).partition("\n")
+            return JobResult(status="error", reason=f"worker failed to start: {reason}"[:300], traceback=output)
+        self._busy[worker.proc.pid] = worker
+        outcome: _Outcome | None = None
+        try:
+            outcome = await self._drive(worker, job, on_progress)
+        finally:
+            del self._busy[worker.proc.pid]
+            finished = outcome is not None and outcome.result is not None  # then it is about to exit
+            await self._dispose(worker, grace_s=RESULT_EXIT_GRACE_S if finished else 0.0)
+        return self._classify(outcome, worker)
+
+    async def close(self) -> None:
+        """Kill every worker, spare or busy, and remove their scratch folders."""
+        self._closed = True
+        for worker in self._busy.values():
+            _kill_group(worker.proc)  # their run() disposes of them
+        spares, self._spares = self._spares, []
+        for task in spares:
+            task.cancel()
+        for outcome in await asyncio.gather(*spares, return_exceptions=True):
+            if isinstance(outcome, _Worker):
+                await self._dispose(outcome)
+
+    # ------------------------------------------------------------ workers
+
+    def _top_up(self) -> None:
+        while not self._closed and len(self._spares) < self._spare_count:
+            self._spares.append(asyncio.create_task(self._spawn()))
+
+    async def _take(self) -> _Worker:
+        for _ in range(3):
+            if not self._spares:
+                self._spares.append(asyncio.create_task(self._spawn()))
+            task = next((t for t in self._spares if t.done()), self._spares[0])  # a ready one first
+            self._spares.remove(task)
+            self._top_up()
+            worker = await task
+            if worker.proc.returncode is None:
+                return worker
+            await self._dispose(worker)  # died while waiting for a job
+        raise WorkerStartError("workers keep dying before they get a job")
+
+    async def _spawn(self) -> _Worker:
+        self._scratch_root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="job-", dir=self._scratch_root))
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._python, "-P", "-s", "-m", "agentnas.trainer_daemon.worker",
+                "--task", self._task_ref, "--device", self._device, "--proto-fd", str(write_fd),
+                "--limits", msgspec.json.encode(self._limits).decode(),
+                "--unsafe-disable", ",".join(sorted(self._unsafe_disable)),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                pass_fds=(write_fd,), start_new_session=True, cwd=scratch,
+                env=child_env(os.environ, scratch=scratch, threads=self._limits.threads, device=self._device))
+        except BaseException:
+            os.close(read_fd)
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        finally:
+            os.close(write_fd)  # the child holds its copy; EOF then means the child is gone
+        reader = asyncio.StreamReader(limit=PROTO_LINE_LIMIT)
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), open(read_fd, "rb", buffering=0))
+        tail = _Tail(self._limits.output_chars)
+        assert proc.stdout is not None
+        worker = _Worker(proc=proc, proto=reader, transport=transport, scratch=scratch, tail=tail,
+                         drain=asyncio.create_task(_drain(proc.stdout, tail)))
+        hello = None
+        try:
+            line = await asyncio.wait_for(reader.readline(), STARTUP_TIMEOUT_S)
+            hello = msgspec.json.decode(line) if line else None
+        except (TimeoutError, ValueError):  # silent too long, or not a protocol line
+            pass
+        except asyncio.CancelledError:
+            await self._dispose(worker)
+            raise
+        if not (isinstance(hello, dict) and hello.get("kind") == "ready"):
+            await self._dispose(worker)
+            output = worker.tail.text(self._limits.output_chars)
+            raise WorkerStartError(f"{_last_line(output)} (exit code {worker.proc.returncode})\n{output}")
+        worker.hello = hello
+        return worker
+
+    async def _dispose(self, worker: _Worker, grace_s: float = 0.0) -> None:
+        """Kill the worker's process group, reap it, collect its output, remove its scratch folder."""
+        if grace_s > 0:
+            try:
+                await asyncio.wait_for(worker.proc.wait(), grace_s)
+            except TimeoutError:
+                pass
+        _kill_group(worker.proc)  # also any process it managed to start
+        try:
+            await asyncio.wait_for(worker.proc.wait(), 30)
+        except TimeoutError:
+            pass  # stuck in the kernel; nothing more to do from here
+        worker.transport.close()
+        try:
+            await asyncio.wait_for(worker.drain, 5)
+        except (TimeoutError, asyncio.CancelledError):
+            worker.drain.cancel()
+        shutil.rmtree(worker.scratch, ignore_errors=True)
+
+    # ------------------------------------------------------------ one job
+
+    async def _drive(self, worker: _Worker, job: Job,
+                     on_progress: Callable[[dict], Awaitable[None] | None]) -> _Outcome:
+        """Send the job and follow its protocol lines until a result, EOF or the deadline."""
+        from agentnas.trainer_daemon.harness import JobResult
+
+        outcome = _Outcome(deadline_s=wall_timeout_s(self._limits, job.time_cap_s))
+        try:
+            async with asyncio.timeout(outcome.deadline_s):
+                stdin = worker.proc.stdin
+                assert stdin is not None
+                stdin.write(msgspec.json.encode(job) + b"\n")
+                await stdin.drain()
+                stdin.close()
+                while True:
+                    try:
+                        line = await worker.proto.readline()
+                        if not line:
+                            break
+                        message = msgspec.json.decode(line)
+                        kind = message["kind"]
+                        payload = message["progress"] if kind == "progress" else message["result"]
+                        if kind == "result":
+                            outcome.result = msgspec.convert(payload, JobResult)
+                            break
+                    except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+                        outcome.protocol_error = f"{type(exc).__name__}: {exc}"[:200]
+                        break
+                    outcome.progress = payload
+                    if inspect.isawaitable(reply := on_progress(payload)):
+                        await reply
+        except TimeoutError:
+            outcome.timed_out = True
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker died before it read the job; its exit status says why
+        return outcome
+
+    def _classify(self, outcome: _Outcome, worker: _Worker) -> JobResult:
+        from agentnas.trainer_daemon.harness import JobResult
+
+        result = outcome.result
+        if result is not None:
+            if result.status == "error" and _looks_oom(f"{result.reason}\n{result.traceback}"):
+                result = msgspec.structs.replace(result, status="oom")
+            return result
+        output = worker.tail.text(self._limits.output_chars)
+        rc = worker.proc.returncode
+        if outcome.timed_out:
+            status, reason = "timeout", f"wall-clock limit of {outcome.deadline_s:g} s exceeded; process group killed"
+        elif outcome.protocol_error:
+            status, reason = "error", f"worker broke the protocol ({outcome.protocol_error}); killed"
+        elif rc == -signal.SIGXCPU:
+            status, reason = "timeout", f"CPU time limit of {self._limits.cpu_s:g} s exceeded (SIGXCPU)"
+        elif _looks_oom(output):
+            status, reason = "oom", f"worker ran out of memory: {_last_line(output)}"
+        elif rc is not None and rc < 0:
+            status, reason = "error", (f"worker killed by {signal.Signals(-rc).name} without a result "
+                                       "(killed from outside, or by the host's out-of-memory killer)")
+        else:
+            status, reason = "error", f"worker exited with code {rc} without a result: {_last_line(output)}"
+        return JobResult(status=status, reason=reason[:300], traceback=output,
+                         device_time_s=float(outcome.progress.get("device_time_s") or 0.0),
+                         epochs_done=int(outcome.progress.get("epoch") or 0))

@@ -1,0 +1,354 @@
+"""Child side of sandbox.WorkerPool: one sandboxed evaluation per process.
+
+The pool starts it as
+
+    python -P -s -m agentnas.trainer_daemon.worker --task REF --device DEV --proto-fd N --limits JSON
+
+and it goes, in order:
+1. leave the network (a fresh, empty network namespace) and the host's mount
+   namespace; both need root, else the audit hook is the only wall there;
+2. import torch and the harness and load the task data (trusted work, before
+   any limit applies);
+3. resource limits: CPU seconds; memory (address space on CPU; on CUDA a
+   fraction of the GPU plus a data-size limit on host memory); file size;
+   processes; no core files;
+4. write {"kind": "ready"} on the protocol pipe and read one Job line from stdin;
+5. make every mount read-only except the scratch and weights folders,
+   install the audit hook, run the static gate, run harness.run_job, sending
+   {"kind": "progress"} lines;
+6. write {"kind": "result"} and leave through os._exit, so no code of the
+   candidate runs at interpreter exit.
+
+Protocol lines travel on a pipe of their own (--proto-fd). stdout and stderr
+belong to the candidate and are captured and truncated by the pool, so a
+candidate that prints cannot forge a result. (Code that got past both the
+gate and the audit hook could still os.write() to that descriptor: it shares
+the process. The walls make that unreachable; the pipe is not a wall itself.)
+
+Test-only: `--unsafe-disable gate,audit_hook` switches walls off so the tests
+can show that each remaining wall holds by itself. Nothing else passes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import resource
+import sys
+import traceback
+from collections.abc import Callable
+from typing import IO, Any
+
+import msgspec
+
+from agentnas.trainer_daemon.sandbox import Limits
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+AS_HEADROOM_MB = 1024  # room above the warm process for lazy imports, thread stacks, allocator slack
+CPU_HARD_GRACE_S = 5  # SIGXCPU at the soft limit, SIGKILL this much later
+
+# Audit events refused outright once the candidate may run.
+BLOCKED_EVENTS = frozenset({
+    "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "signal.pthread_kill",
+    "subprocess.Popen", "pty.spawn", "os.startfile", "resource.setrlimit", "resource.prlimit",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.remote_exec",
+})
+BLOCKED_PREFIXES = (
+    "os.exec", "os.posix_spawn", "os.spawn", "socket.", "ctypes.", "sqlite3.", "urllib.",
+    "http.", "ftplib.", "smtplib.", "imaplib.", "poplib.", "nntplib.", "telnetlib.", "webbrowser.",
+)
+# Events that change the filesystem: path argument positions, dir_fd argument positions.
+WRITE_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir": ((0,), (2,)),
+    "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)), "os.rename": ((0, 1), (2, 3)),
+    "os.link": ((0, 1), (2, 3)), "os.symlink": ((0, 1), (2,)), "os.utime": ((0,), (3,)),
+    "os.truncate": ((0,), ()), "os.mkfifo": ((0,), (2,)), "os.mknod": ((0,), (3,)),
+    "os.setxattr": ((0,), ()), "os.removexattr": ((0,), ()), "shutil.rmtree": ((0,), ()),
+    "shutil.copyfile": ((0, 1), ()), "shutil.copytree": ((0, 1), ()), "shutil.move": ((0, 1), ()),
+    "shutil.unpack_archive": ((0, 1), ()), "shutil.make_archive": ((0, 2), ()),
+}
+READ_EVENTS = frozenset({"os.listdir", "os.scandir", "glob.glob"})
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+# ---------------------------------------------------------------- walls
+
+
+def _unshare(flag: int) -> bool:
+    try:
+        return ctypes.CDLL(None, use_errno=True).unshare(flag) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def leave_namespaces() -> dict[str, bool]:
+    """A new, empty network namespace and a private mount namespace, where the OS allows (root).
+
+    Must run while the process has one thread. The mount namespace only
+    prepares `make_read_only`; until then the filesystem looks the same.
+    """
+    network = _unshare(CLONE_NEWNET)
+    before = os.readlink("/proc/self/ns/mnt")
+    mounts = _unshare(CLONE_NEWNS) and os.readlink("/proc/self/ns/mnt") != before
+    if mounts:  # private first, so nothing done here propagates to the host's mounts
+        libc = ctypes.CDLL(None, use_errno=True)
+        mounts = libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
+    return {"network_isolated": network, "mount_namespace": mounts}
+
+
+def _mount_points() -> list[str]:
+    points = []
+    for line in open("/proc/self/mountinfo"):
+        raw = line.split()[4]  # spaces and the like are octal escapes there
+        points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), raw))
+    return points
+
+
+def make_read_only(writable: list[str]) -> bool:
+    """Every mount read-only in this process's own mount namespace, except the `writable` folders.
+
+    Each writable folder is bind-mounted onto itself first, which makes it a
+    mount of its own that keeps write access. Catches what the audit hook
+    cannot see: files that C extensions (torch.save, from_file) open.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for path in writable:
+        if libc.mount(path.encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
+            return False
+    ok = True
+    for point in _mount_points():
+        if point not in writable:
+            ok &= libc.mount(None, point.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY, None) == 0
+    return ok
+
+
+def _user_tasks(uid: int) -> int:
+    """Threads of every process of `uid`: what RLIMIT_NPROC counts."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = dict(line.split(":", 1) for line in open(f"/proc/{entry.name}/status") if ":" in line)
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields["Uid"].split()[0]) == uid:
+            total += int(fields["Threads"])
+    return total
+
+
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status, e.g. VmSize (address space) or VmData (private writable memory)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def apply_limits(limits: Limits, device: str) -> dict[str, Any]:
+    """Resource limits for the job from here on; returns what was applied, for the ready line."""
+    mb = 2**20
+    used_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = int(used_cpu.ru_utime + used_cpu.ru_stime + limits.cpu_s) + 1  # counted from now, not from start
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + CPU_HARD_GRACE_S))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits.file_mb * mb),) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nproc = _user_tasks(os.getuid()) + limits.nproc
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    applied: dict[str, Any] = {"cpu_s": limits.cpu_s, "file_mb": limits.file_mb,
+                               "nproc": limits.nproc, "nproc_enforced": os.getuid() != 0}
+    if device.startswith("cuda"):
+        # CUDA maps huge virtual ranges, so an address-space limit would break it; cap the GPU instead
+        import torch
+
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        total_mb = torch.cuda.get_device_properties(index).total_memory / mb
+        fraction = min(1.0, limits.memory_mb / total_mb)
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
+        # host memory too: RLIMIT_DATA counts private writable mappings, not CUDA's reserved ranges
+        data = _status_bytes("VmData") + int((limits.host_memory_mb + AS_HEADROOM_MB) * mb)
+        resource.setrlimit(resource.RLIMIT_DATA, (data, data))
+        applied.update(cuda_memory_fraction=round(fraction, 4), host_memory_mb=limits.host_memory_mb)
+    else:
+        address_space = _status_bytes("VmSize") + int((limits.memory_mb + AS_HEADROOM_MB) * mb)
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        applied["memory_mb"] = limits.memory_mb
+    return applied
+
+
+def _real(path: Any) -> str:
+    return os.path.realpath(os.fsdecode(os.fspath(path)))
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def read_roots(extra: list[str]) -> tuple[str, ...]:
+    """Where the candidate's process may read: Python, its packages, the job's folders."""
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path, *extra,
+                  "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/dev/null", "/dev/zero", "/dev/urandom",
+                  f"/proc/{os.getpid()}", "/sys/devices/system/cpu"]
+    for name, module in list(sys.modules.items()):  # editable installs map packages outside sys.path
+        if name.startswith("agentnas"):
+            candidates.extend(getattr(module, "__path__", []))
+    return tuple(sorted({_real(p) for p in candidates if p and os.path.exists(p)}))
+
+
+def make_audit_hook(write_roots: tuple[str, ...], readable: tuple[str, ...]) -> Callable[[str, tuple], None]:
+    """The second wall: refuses processes, sockets, foreign code and file access outside the roots.
+
+    An audit hook cannot be removed from Python code. It sees what Python
+    does, not what C extensions do on their own, so it backs the gate up
+    rather than replacing it.
+    """
+    readable = readable + write_roots
+
+    def refuse(event: str, detail: Any = "") -> None:
+        raise PermissionError(f"sandbox blocked {event}{f' {detail!r}' if detail != '' else ''}")
+
+    def check_open(args: tuple) -> None:
+        path, mode, flags = (tuple(args) + (None, None, None))[:3]
+        if isinstance(path, int):
+            refuse("open of a file descriptor", path)
+        real = _real(path)
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)
+        if writing and not _under(real, write_roots):
+            refuse("open for writing", real)
+        if not _under(real, readable):
+            refuse("open", real)
+        if os.path.isdir(real) and not writing:
+            refuse("open of a directory", real)  # a directory fd would allow writes relative to it
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            check_open(args)
+        elif event in BLOCKED_EVENTS or event.startswith(BLOCKED_PREFIXES):
+            refuse(event)
+        elif event in WRITE_EVENTS:
+            paths, dir_fds = WRITE_EVENTS[event]
+            for i in dir_fds:
+                if i < len(args) and args[i] not in (None, -1):
+                    refuse(event, "with dir_fd")
+            for i in paths:
+                if i < len(args) and (isinstance(args[i], int) or not _under(_real(args[i]), write_roots)):
+                    refuse(event, args[i])
+        elif event in READ_EVENTS and args and isinstance(args[0], (str, bytes)):
+            if not _under(_real(args[0]), readable):
+                refuse(event, args[0])
+
+    return hook
+
+
+# ---------------------------------------------------------------- protocol
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars and anything else odd in a progress dict, as JSON-able values."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def send(proto: IO[bytes], kind: str, **fields: Any) -> None:
+    proto.write(msgspec.json.encode({"kind": kind, **fields}, enc_hook=_plain) + b"\n")
+    proto.flush()
+
+
+def _crash_result(result_type: type, exc: BaseException) -> Any:
+    status = "oom" if isinstance(exc, MemoryError) else "error"
+    text = " ".join(str(exc).split())
+    reason = f"worker: {type(exc).__name__}{': ' + text if text else ''}"[:300]
+    return result_type(status=status, reason=reason, traceback="".join(traceback.format_exception(exc))[-4000:])
+
+
+def close_in(weights_dir: str, namespaces: dict[str, bool], *, audit_hook: bool) -> list[str]:
+    """The walls that depend on the job: read-only mounts and the audit hook. Returns warnings."""
+    write_roots = [os.getcwd()]  # the scratch folder
+    if weights_dir:
+        os.makedirs(weights_dir, exist_ok=True)  # a trusted path, made before the walls go up
+        write_roots.append(weights_dir)
+    roots = tuple(_real(p) for p in write_roots)
+    warnings = []
+    if not namespaces["network_isolated"]:
+        warnings.append("sandbox: no network namespace; only the audit hook refuses sockets")
+    if namespaces["mount_namespace"] and make_read_only(list(roots)):
+        os.chdir(roots[0])  # re-enter scratch through its writable bind mount
+    else:
+        warnings.append("sandbox: filesystem not read-only; only the audit hook refuses writes outside scratch")
+    if audit_hook:
+        sys.addaudithook(make_audit_hook(roots, read_roots(list(roots))))
+    return warnings
+
+
+def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool]) -> None:
+    import torch  # warm: this import is most of a worker's start time
+
+    from agentnas.trainer_daemon import harness
+    from agentnas.trainer_daemon.tasks import load_task
+
+    data = load_task(args.task)
+    limits = msgspec.json.decode(args.limits, type=Limits)
+    torch.set_num_threads(limits.threads)
+    harness.warm_up(data, args.device)  # trusted; moves torch's lazy start-up before "ready"
+    walls: dict[str, Any] = {**namespaces, **apply_limits(limits, args.device)}
+    disabled = set(filter(None, args.unsafe_disable.split(",")))
+    send(proto, "ready", pid=os.getpid(), walls=walls, disabled=sorted(disabled))
+
+    job = msgspec.json.decode(sys.stdin.buffer.readline(), type=harness.Job)
+    warnings = close_in(job.weights_dir, namespaces, audit_hook="audit_hook" not in disabled)
+    if "gate" not in disabled:
+        from agentnas.trainer_daemon.gate import check_source
+
+        reasons = check_source(job.model_source)
+        if reasons:
+            send(proto, "result", result=harness.JobResult(status="rejected", reason=reasons[0],
+                                                           traceback="\n".join(reasons), warnings=warnings))
+            return
+    try:
+        result = harness.run_job(job, data, args.device, lambda progress: send(proto, "progress", progress=progress))
+    except BaseException as exc:  # the harness should not raise, but a candidate's code may escape it
+        result = _crash_result(harness.JobResult, exc)
+    result = msgspec.structs.replace(result, warnings=[*result.warnings, *warnings])
+    send(proto, "result", result=result)
+
+
+def _die_with_parent() -> None:
+    """A worker outlives a killed daemon otherwise (it has its own session): ask the kernel
+    to SIGKILL it when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="agentnas.trainer_daemon.worker")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--proto-fd", type=int, required=True)
+    parser.add_argument("--limits", required=True, help="Limits as JSON")
+    parser.add_argument("--unsafe-disable", default="", help="test only: comma list of gate,audit_hook")
+    args = parser.parse_args()
+    _die_with_parent()
+    namespaces = leave_namespaces()  # first, while the process has a single thread
+    proto = os.fdopen(args.proto_fd, "wb")
+    try:
+        serve(args, proto, namespaces)
+        proto.flush()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
