@@ -146,6 +146,82 @@ class EvaluationCompleted(Kind, tag="evaluation.completed"):
     first_step_at: float | None = None  # wall-clock time training began (None if it never did)
 
 
+# --- Phase 1: planner, data explorer, code executor ----------------------------------------
+
+
+class Proposal(msgspec.Struct, frozen=True, kw_only=True):
+    arch_id: str  # arch_NNN
+    description: str
+    reasoning: str = ""
+    recipe: dict[str, Any] | str = {}
+    source: str = ""  # given by a planner that writes code itself (rule-based); else the Code Executor writes it
+
+
+class ExplorationRequested(Kind, tag="exploration.requested"):
+    question: str
+
+
+class ExplorationStepped(Kind, tag="exploration.stepped"):
+    step: int
+    code: str
+    output: str  # truncated
+    status: str = "ok"  # ok | error | timeout
+
+
+class ExplorationReported(Kind, tag="exploration.reported"):
+    report: str
+    steps: int
+
+
+class ExperimentProposed(Kind, tag="experiment.proposed"):
+    batch: int
+    proposals: list[Proposal]
+
+
+class ArchitectureImplemented(Kind, tag="architecture.implemented"):
+    arch_id: str
+    source: str
+    recipe: dict[str, Any] = {}
+    attempts: int = 1
+    validation_eval_id: str = ""
+
+
+class ArchitectureRejected(Kind, tag="architecture.rejected"):
+    """The Code Executor gave up (validation kept failing); uses budget, not patience."""
+
+    arch_id: str
+    reason: str
+    attempts: int
+
+
+class BatchSummarized(Kind, tag="batch.summarized"):
+    batch: int
+    summary: str
+
+
+class PhaseStopped(Kind, tag="phase.stopped"):
+    phase: int
+    reason: str  # planner STOP | budget | patience | cost cap
+    arch_ids: list[str] = []  # chosen for full training
+
+
+class SeedSelected(Kind, tag="seed.selected"):
+    arch_id: str
+    source: str
+    recipe: dict[str, Any]
+    val_metric: float
+    eval_id: str
+    params: int | None = None
+
+
+class AgentOutputRejected(Kind, tag="agent.output_rejected"):
+    """An LLM answer that could not be used even after the bounded re-asks."""
+
+    agent: str
+    reason: str
+    attempts: int
+
+
 class MessageRejected(Kind, tag="message.rejected"):
     """Bytes on an agentnas subject that are not an envelope; kept for the audit."""
 
@@ -197,6 +273,16 @@ Payload = Union[
     LlmRequested,
     LlmResponded,
     MessageRejected,
+    ExplorationRequested,
+    ExplorationStepped,
+    ExplorationReported,
+    ExperimentProposed,
+    ArchitectureImplemented,
+    ArchitectureRejected,
+    BatchSummarized,
+    PhaseStopped,
+    SeedSelected,
+    AgentOutputRejected,
 ]
 
 KINDS: dict[str, type[Kind]] = {

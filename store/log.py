@@ -169,6 +169,7 @@ class EventLog:
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
+            last_seq = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
             before = self.conn.total_changes
             cur.executemany(
                 "INSERT OR IGNORE INTO events"
@@ -178,35 +179,34 @@ class EventLog:
             )
             added = self.conn.total_changes - before
             if added:
-                self._update_runs(cur, {r[1] for r in rows})
+                self._update_runs(cur, last_seq, {r[1]: r[2] for r in rows if r[2] in _RUN_STATUS_BY_KIND})
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         return added
 
-    def _update_runs(self, cur: sqlite3.Cursor, run_ids: set[str]) -> None:
-        # The runs table is a projection kept in the same transaction as the events.
-        for run_id in run_ids:
-            cur.execute(
-                "INSERT INTO runs (run_id, first_seq, last_seq, n_events, first_time, last_time)"
-                " SELECT run_id, min(seq), max(seq), count(*), min(time), max(time)"
-                " FROM events WHERE run_id = ?"
-                " ON CONFLICT(run_id) DO UPDATE SET last_seq = excluded.last_seq,"
-                " n_events = excluded.n_events, last_time = excluded.last_time",
-                (run_id,),
-            )
+    def _update_runs(self, cur: sqlite3.Cursor, after_seq: int, lifecycle: dict[str, str]) -> None:
+        """Fold the rows this transaction added (seq > after_seq) into the runs projection."""
+        cur.execute(
+            "INSERT INTO runs (run_id, first_seq, last_seq, n_events, first_time, last_time)"
+            " SELECT run_id, min(seq), max(seq), count(*), min(time), max(time)"
+            " FROM events WHERE seq > ? GROUP BY run_id"
+            " ON CONFLICT(run_id) DO UPDATE SET last_seq = excluded.last_seq,"
+            " n_events = n_events + excluded.n_events, last_time = max(last_time, excluded.last_time)",
+            (after_seq,),
+        )
+        for run_id in lifecycle:
+            # The latest lifecycle event in log order decides the status.
             found = cur.execute(
                 "SELECT kind FROM events WHERE run_id = ? AND kind IN"
                 " ('run.requested', 'run.started', 'run.finished', 'run.failed')"
                 " ORDER BY seq DESC LIMIT 1",
                 (run_id,),
             ).fetchone()
-            if found:
-                cur.execute(
-                    "UPDATE runs SET status = ? WHERE run_id = ?",
-                    (_RUN_STATUS_BY_KIND[found[0]], run_id),
-                )
+            cur.execute(
+                "UPDATE runs SET status = ? WHERE run_id = ?", (_RUN_STATUS_BY_KIND[found[0]], run_id)
+            )
 
     # --- reading -------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ _encoder = msgspec.json.Encoder()
 
 CONSUMER = api.ConsumerConfig(
     durable_name=subjects.RECORDER_DURABLE,
+    # Explicit acks: AckAll would be cheaper but acking a new delivery after a restart would
+    # also ack what the killed recorder had received and not committed.
     ack_policy=api.AckPolicy.EXPLICIT,
     # A killed recorder's unacked batch comes back after this long; replays are no-ops,
     # so a short wait costs nothing and shortens recovery.
@@ -116,9 +118,9 @@ async def commit_batch(event_log: EventLog, msgs: list) -> None:
         rows.append(rejection_row(msg, error))
     event_log.append_rows(rows)
     # Ack only after the commit: a crash before this line means redelivery, not loss.
-    terminated = {id(msg) for msg, _ in bad}
+    # Undecodable messages are in the log as `message.rejected`, so they are acked too.
     for msg in msgs:
-        await (msg.term() if id(msg) in terminated else msg.ack())
+        await msg.ack()
 
 
 async def record(

@@ -23,6 +23,16 @@ EXAMPLES = [
     m.LlmRequested(call_id="c1", agent="planner", provider="anthropic", model="m", messages=[{"role": "user", "content": "hi"}]),
     m.LlmResponded(call_id="c1", agent="planner", content="hello", input_tokens=3, output_tokens=1),
     m.MessageRejected(subject="agentnas.evt.r.x", error="bad"),
+    m.ExplorationRequested(question="class balance?"),
+    m.ExplorationStepped(step=1, code="print(1)", output="1"),
+    m.ExplorationReported(report="balanced", steps=2),
+    m.ExperimentProposed(batch=1, proposals=[m.Proposal(arch_id="arch_001", description="resnet", recipe={"lr": 0.1})]),
+    m.ArchitectureImplemented(arch_id="arch_001", source="class Architecture: ...", recipe={"lr": 0.1}),
+    m.ArchitectureRejected(arch_id="arch_002", reason="shape", attempts=10),
+    m.BatchSummarized(batch=1, summary="wider helped"),
+    m.PhaseStopped(phase=1, reason="planner", arch_ids=["arch_001"]),
+    m.SeedSelected(arch_id="arch_001", source="...", recipe={}, val_metric=3.2, eval_id="e9"),
+    m.AgentOutputRejected(agent="planner", reason="no action tag", attempts=3),
 ]
 
 
@@ -43,6 +53,9 @@ def test_tags_are_stable():
         "service.exited", "service.restarted",
         "evaluation.requested", "evaluation.started", "evaluation.progress", "evaluation.completed",
         "llm.requested", "llm.responded", "message.rejected",
+        "exploration.requested", "exploration.stepped", "exploration.reported", "experiment.proposed",
+        "architecture.implemented", "architecture.rejected", "batch.summarized", "phase.stopped",
+        "seed.selected", "agent.output_rejected",
     ])
 
 
