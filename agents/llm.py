@@ -1,0 +1,720 @@
+"""One recording model client for every agent.
+
+`RecordingClient` is an autogen `ChatCompletionClient` that wraps a provider client from
+autogen-ext (Anthropic, or any OpenAI-compatible server by base URL) or a replay source,
+and turns every call into two events through the agent's `emit` callback:
+`LlmRequested` before the call, `LlmResponded` after it (content, stop reason, the
+provider's own token counts, latency, cost; or the error once retries are spent).
+
+Transient provider errors (429, 5xx, 529, connection failures) are retried here with
+exponential backoff (the SDKs' own retries are off so that every attempt is ours and
+logged); a call ends in exactly one `LlmResponded`. A `Ledger` keeps the run's tokens and
+cost and refuses a call once a configured cap is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import os
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import anthropic
+import msgspec
+import openai
+import structlog
+from autogen_core import CancellationToken, FunctionCall, Image
+from autogen_core.models import (
+    AssistantMessage,
+    ChatCompletionClient,
+    CreateResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    ModelFamily,
+    ModelInfo,
+    RequestUsage,
+    SystemMessage,
+    UserMessage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel
+
+from agentnas.bus import messages as m
+from agentnas.bus.config import LlmConfig
+
+if TYPE_CHECKING:
+    from agentnas.agents.replay import RecordedCall, ReplaySource
+    from agentnas.store.projection import RunState
+
+log = structlog.get_logger("agentnas.llm")
+
+Emit = Callable[[m.Kind], Awaitable[None]]
+OnDivergence = Literal["stop", "live"]
+
+# Statuses worth another attempt: timeouts, conflicts, rate limits, server errors, overload.
+TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+STANDARD_KEY_ENVS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+_FINISH_REASONS = {"stop", "length", "function_calls", "content_filter", "unknown"}
+
+
+class LlmError(RuntimeError):
+    """A provider or configuration problem, in one line."""
+
+
+class BudgetExceeded(LlmError):
+    """The run's token or cost cap is reached; the call was not made."""
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+class LlmSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What an agent needs to build its client; `from_config` applies `--llm`."""
+
+    provider: Literal["anthropic", "openai"] = "anthropic"  # the live provider
+    model: str = "claude-sonnet-4-6"
+    base_url: str = ""
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    temperature: float = 1.0
+    max_tokens: int = 16000
+    max_retries: int = 5
+    backoff_s: float = 1.0  # first retry's delay; doubles each retry, at most 30 s
+    timeout_s: float = 600.0
+    token_cap: int = 0  # 0 = no cap
+    cost_cap_usd: float = 0.0
+    prices_usd_per_mtok: dict[str, tuple[float, float]] = msgspec.field(
+        default_factory=lambda: dict(LlmConfig().prices_usd_per_mtok)
+    )
+    replay_path: str = ""  # set: answers come from this recorded log or transcript
+    replay_run: str = ""
+    on_divergence: OnDivergence = "stop"  # live: hand over to the live provider
+
+    @property
+    def replaying(self) -> bool:
+        return bool(self.replay_path)
+
+    @classmethod
+    def from_config(
+        cls, config: LlmConfig, llm: str | None = None, on_divergence: OnDivergence = "stop"
+    ) -> "LlmSettings":
+        """The `[llm]` section, with `--llm PROVIDER[:MODEL]` (or `replay:PATH[#RUN]`) on top."""
+        provider, rest = parse_provider(llm or config.provider)
+        live, model = provider, rest or config.model
+        replay_path = replay_run = ""
+        if provider == "replay":
+            replay_path, _, replay_run = rest.partition("#")
+            # The live provider (for --on-divergence live) is the configured one.
+            base = config.provider if not config.provider.startswith("replay:") else "anthropic"
+            live, live_model = parse_provider(base)
+            model = live_model or config.model
+        if on_divergence not in ("stop", "live"):
+            raise LlmError(f"--on-divergence must be 'stop' or 'live', not '{on_divergence}'")
+        key_env = config.api_key_env
+        if key_env in STANDARD_KEY_ENVS.values():
+            key_env = STANDARD_KEY_ENVS[live]  # the default variable follows the provider
+        return cls(
+            provider=live,  # type: ignore[arg-type]
+            model=model,
+            base_url=config.base_url,
+            api_key_env=key_env,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            max_retries=config.max_retries,
+            token_cap=config.token_cap,
+            cost_cap_usd=config.cost_cap_usd,
+            prices_usd_per_mtok=dict(config.prices_usd_per_mtok),
+            replay_path=replay_path,
+            replay_run=replay_run,
+            on_divergence=on_divergence,
+        )
+
+
+def parse_provider(text: str) -> tuple[str, str]:
+    """`anthropic`, `anthropic:MODEL`, `openai[:MODEL]`, `replay:PATH[#RUN]` -> (provider, rest).
+
+    rest is the model ("" = the configured one) or, for replay, `PATH[#RUN]`."""
+    name, _, rest = text.strip().partition(":")
+    if name == "replay":
+        if not rest.partition("#")[0]:
+            raise LlmError("replay needs a path: --llm replay:PATH[#RUN]")
+        return name, rest
+    if name not in STANDARD_KEY_ENVS:
+        raise LlmError(
+            f"unknown LLM provider '{text}' (use anthropic[:MODEL], openai:MODEL or replay:PATH[#RUN])"
+        )
+    return name, rest.strip()
+
+
+# --- ledger --------------------------------------------------------------------------------
+
+
+class Ledger:
+    """Running tokens and cost of a run, and its caps.
+
+    Seed it from the folded log (`seed_from(state)`) so a restarted agent keeps counting;
+    agents in other processes add to the same run, so re-seed when the state is re-folded.
+    """
+
+    def __init__(
+        self,
+        prices: Mapping[str, tuple[float, float]] | None = None,
+        *,
+        token_cap: int = 0,
+        cost_cap_usd: float = 0.0,
+    ) -> None:
+        self.prices = dict(prices or {})
+        self.token_cap = token_cap
+        self.cost_cap_usd = cost_cap_usd
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_usd = 0.0
+        self._unpriced: set[str] = set()
+
+    @classmethod
+    def for_settings(cls, settings: LlmSettings, state: "RunState | None" = None) -> "Ledger":
+        ledger = cls(
+            settings.prices_usd_per_mtok, token_cap=settings.token_cap, cost_cap_usd=settings.cost_cap_usd
+        )
+        if state is not None:
+            ledger.seed_from(state)
+        return ledger
+
+    def seed_from(self, state: "RunState") -> None:
+        """Take the totals of the folded log (which already include this agent's calls)."""
+        self.input_tokens = state.input_tokens
+        self.output_tokens = state.output_tokens
+        self.cost_usd = state.cost_usd
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def price(self, model: str, input_tokens: int, output_tokens: int) -> float:
+        """US$ for one call; a dated model name (`claude-x-20260101`) uses its base name's price."""
+        rates = self.prices.get(model)
+        if rates is None:
+            prefixes = [name for name in self.prices if model.startswith(name)]
+            rates = self.prices[max(prefixes, key=len)] if prefixes else None
+        if rates is None:
+            if model not in self._unpriced:
+                self._unpriced.add(model)
+                log.warning("llm.unpriced_model", model=model, note="cost counted as 0")
+            return 0.0
+        return (input_tokens * rates[0] + output_tokens * rates[1]) / 1e6
+
+    def charge(self, model: str, input_tokens: int, output_tokens: int, *, free: bool = False) -> float:
+        """Add one call; returns its cost (0 when `free`, e.g. a replayed answer)."""
+        cost = 0.0 if free else self.price(model, input_tokens, output_tokens)
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cost_usd += cost
+        return cost
+
+    def check(self) -> None:
+        """Raise BudgetExceeded when a cap is already reached, so no further call is made."""
+        if self.token_cap and self.tokens >= self.token_cap:
+            raise BudgetExceeded(f"LLM token cap reached: {self.tokens} of {self.token_cap} tokens used")
+        if self.cost_cap_usd and self.cost_usd >= self.cost_cap_usd:
+            raise BudgetExceeded(
+                f"LLM cost cap reached: US${self.cost_usd:.4f} of US${self.cost_cap_usd:.4f} spent"
+            )
+
+
+# --- messages and results as plain data ------------------------------------------------------
+
+
+def _part(part: Any) -> Any:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Image):
+        return {"type": "image", "base64": part.to_base64()}
+    if isinstance(part, FunctionCall):
+        return {"type": "function_call", "id": part.id, "name": part.name, "arguments": part.arguments}
+    return {"type": type(part).__name__, "repr": repr(part)}
+
+
+def message_to_dict(message: LLMMessage) -> dict[str, Any]:
+    """An autogen message as the plain dict stored in `LlmRequested.messages`."""
+    if isinstance(message, SystemMessage):
+        return {"role": "system", "content": message.content}
+    if isinstance(message, UserMessage):
+        content = message.content if isinstance(message.content, str) else [_part(p) for p in message.content]
+        return {"role": "user", "content": content, "source": message.source}
+    if isinstance(message, AssistantMessage):
+        content = message.content if isinstance(message.content, str) else [_part(p) for p in message.content]
+        out: dict[str, Any] = {"role": "assistant", "content": content, "source": message.source}
+        if message.thought:
+            out["thought"] = message.thought
+        return out
+    if isinstance(message, FunctionExecutionResultMessage):
+        results = [
+            {"call_id": r.call_id, "name": r.name, "content": r.content, "is_error": r.is_error}
+            for r in message.content
+        ]
+        return {"role": "tool", "content": results}
+    return {"role": "unknown", "content": repr(message)}
+
+
+def result_text(result: CreateResult) -> str:
+    """The content stored in `LlmResponded`; tool calls are kept as a JSON list."""
+    if isinstance(result.content, str):
+        return result.content
+    return json.dumps([_part(call) for call in result.content])
+
+
+def result_from_record(response: m.LlmResponded) -> CreateResult:
+    """Rebuild the CreateResult of a recorded answer (replay)."""
+    reason = response.stop_reason if response.stop_reason in _FINISH_REASONS else "unknown"
+    content: str | list[FunctionCall] = response.content
+    if reason == "function_calls":
+        calls = json.loads(response.content)
+        content = [FunctionCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in calls]
+    return CreateResult(
+        finish_reason=reason,  # type: ignore[arg-type]
+        content=content,
+        usage=RequestUsage(prompt_tokens=response.input_tokens, completion_tokens=response.output_tokens),
+        cached=True,
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a provider error: HTTP status, the provider's error type and message."""
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    kind = err.get("type", "") if isinstance(err, dict) else ""
+    detail = err.get("message", "") if isinstance(err, dict) else ""
+    if status is not None:
+        text = f"HTTP {status}" + (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
+    elif isinstance(exc, (anthropic.APIConnectionError, openai.APIConnectionError)):
+        text = f"connection failed: {exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:300]
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (anthropic.APIConnectionError, openai.APIConnectionError)):
+        return True  # includes timeouts
+    response = getattr(exc, "response", None)
+    advice = response.headers.get("x-should-retry") if response is not None else None
+    if advice in ("true", "false"):
+        return advice == "true"  # the provider's own advice, as its SDKs follow it
+    return getattr(exc, "status_code", None) in TRANSIENT_STATUS
+
+
+# --- the recording client ------------------------------------------------------------------
+
+# Prompt template of the calls made inside `using_template(...)`; a context variable so
+# that concurrent calls of one agent each keep their own.
+_template: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "agentnas_llm_template", default=("", "")
+)
+
+GENERIC_MODEL_INFO: ModelInfo = {
+    "vision": False,
+    "function_calling": True,
+    "json_output": True,
+    "family": ModelFamily.UNKNOWN,
+    "structured_output": False,
+    "multiple_system_messages": False,
+}
+
+
+class RecordingClient(ChatCompletionClient):
+    """Records every call as events; answers from `inner` (live) or from `replay`.
+
+    With `replay`, each call is served from the recording and checked against it; on a
+    divergence it stops (ReplayDivergence) or, with `on_divergence="live"`, hands over to
+    `inner` for this call and every later one. Replayed answers are emitted as events with
+    provider "replay", the recorded token counts, latency 0 and cost 0 (nothing was spent);
+    `emit_replayed=False` serves them silently (resuming a run from its own log). Replayed
+    tokens count toward the token cap (a re-executed run stops where the original did);
+    a cancelled call leaves its `LlmRequested` without an answer.
+
+    `count_tokens`/`remaining_tokens` are rough (characters / 4): usage that matters comes
+    from the provider's answers, and no tokenizer is downloaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        agent: str,
+        provider: str,
+        model: str,
+        emit: Emit,
+        ledger: Ledger,
+        inner: ChatCompletionClient | None = None,
+        replay: "ReplaySource | None" = None,
+        on_divergence: OnDivergence = "stop",
+        emit_replayed: bool = True,
+        parameters: Mapping[str, Any] | None = None,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        context_tokens: int = 200_000,
+    ) -> None:
+        if inner is None and replay is None:
+            raise ValueError("RecordingClient needs a live client, a replay source, or both")
+        if replay is not None and on_divergence == "live" and inner is None:
+            raise ValueError("on_divergence='live' needs a live client to hand over to")
+        self.agent = agent
+        self.provider = provider
+        self.model = model
+        self.ledger = ledger
+        self._emit = emit
+        self._inner = inner
+        self._replay = replay
+        self._on_divergence = on_divergence
+        self._emit_replayed = emit_replayed
+        self._parameters = dict(parameters or {})
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._context_tokens = context_tokens
+        self._spent = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    @property
+    def replaying(self) -> bool:
+        return self._replay is not None
+
+    @contextlib.contextmanager
+    def using_template(self, name: str, template_hash: str = "") -> Iterator[None]:
+        """Calls made inside the block record this prompt template's name and hash."""
+        token = _template.set((name, template_hash))
+        try:
+            yield
+        finally:
+            _template.reset(token)
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        self.ledger.check()
+        wire = [message_to_dict(msg) for msg in messages]
+        params = self._request_parameters(tools, tool_choice, json_output, extra_create_args)
+        if self._replay is not None:
+            served = await self._serve(wire, params, extra_create_args.get("model"))
+            if served is not None:
+                return await self._replayed(served, wire, params)
+        assert self._inner is not None
+        model = str(extra_create_args.get("model", self.model))
+        call_id = await self._requested(self.provider, model, wire, params)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                result = await self._inner.create(
+                    messages,
+                    tools=tools,
+                    tool_choice=tool_choice,
+                    json_output=json_output,
+                    extra_create_args=extra_create_args,
+                    cancellation_token=cancellation_token,
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an event
+                if is_transient(exc) and attempt < self._max_retries:
+                    delay = min(self._backoff_s * 2**attempt, self._max_backoff_s)
+                    attempt += 1
+                    log.warning(
+                        "llm.retry", agent=self.agent, call_id=call_id, attempt=attempt,
+                        delay_s=delay, error=describe(exc),
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                message = f"{self.provider}: {model}: {describe(exc)}{tries}"
+                await self._emit(m.LlmResponded(call_id=call_id, agent=self.agent, content="", error=message))
+                raise LlmError(message) from exc
+        latency = time.monotonic() - started
+        usage = result.usage
+        cost = self.ledger.charge(model, usage.prompt_tokens, usage.completion_tokens)
+        self._spent = RequestUsage(
+            prompt_tokens=self._spent.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self._spent.completion_tokens + usage.completion_tokens,
+        )
+        await self._emit(
+            m.LlmResponded(
+                call_id=call_id,
+                agent=self.agent,
+                content=result_text(result),
+                stop_reason=result.finish_reason,
+                input_tokens=usage.prompt_tokens,
+                output_tokens=usage.completion_tokens,
+                latency_s=round(latency, 3),
+                cost_usd=cost,
+            )
+        )
+        return result
+
+    def _request_parameters(
+        self,
+        tools: Sequence[Tool | ToolSchema],
+        tool_choice: Any,
+        json_output: Any,
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        params = {**self._parameters, **{k: v for k, v in extra.items() if k != "model"}}
+        if tools:
+            params["tools"] = [t.schema["name"] if isinstance(t, Tool) else t["name"] for t in tools]
+            params["tool_choice"] = tool_choice if isinstance(tool_choice, str) else tool_choice.name
+        if json_output is not None:
+            params["json_output"] = json_output if isinstance(json_output, bool) else json_output.__name__
+        return msgspec.json.decode(msgspec.json.encode(params, enc_hook=repr))  # plain data only
+
+    async def _requested(self, provider: str, model: str, wire: list[dict], params: dict) -> str:
+        call_id = m.new_id()
+        name, digest = _template.get()
+        await self._emit(
+            m.LlmRequested(
+                call_id=call_id, agent=self.agent, provider=provider, model=model,
+                messages=wire, parameters=params, template=name, template_hash=digest,
+            )
+        )
+        return call_id
+
+    async def _serve(self, wire: list[dict], params: dict, model: Any) -> "RecordedCall | None":
+        """The recorded call for this request; None once handed over to the live client."""
+        from agentnas.agents.replay import ReplayDivergence
+
+        assert self._replay is not None
+        try:
+            return self._replay.serve(self.agent, wire, model=model)
+        except ReplayDivergence as exc:
+            if self._on_divergence == "live":
+                log.warning("llm.replay_handover", agent=self.agent, divergence=str(exc))
+                self._replay = None
+                return None
+            call_id = await self._requested("replay", str(model or self.model), wire, params)
+            await self._emit(m.LlmResponded(call_id=call_id, agent=self.agent, content="", error=str(exc)))
+            raise
+
+    async def _replayed(self, served: "RecordedCall", wire: list[dict], params: dict) -> CreateResult:
+        recorded = served.response
+        self.ledger.charge(served.request.model, recorded.input_tokens, recorded.output_tokens, free=True)
+        if self._emit_replayed:
+            params = {**params, "replayed_call_id": served.request.call_id}
+            call_id = await self._requested("replay", served.request.model, wire, params)
+            await self._emit(msgspec.structs.replace(recorded, call_id=call_id, latency_s=0.0, cost_usd=0.0))
+        if recorded.error:
+            raise LlmError(recorded.error)
+        return result_from_record(recorded)
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        """No token streaming: one call, then the whole text as one chunk and the result."""
+        result = await self.create(
+            messages, tools=tools, tool_choice=tool_choice, json_output=json_output,
+            extra_create_args=extra_create_args, cancellation_token=cancellation_token,
+        )
+        if isinstance(result.content, str) and result.content:
+            yield result.content
+        yield result
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+    def actual_usage(self) -> RequestUsage:
+        """Tokens this client spent with a provider (replayed answers excluded)."""
+        return self._spent
+
+    def total_usage(self) -> RequestUsage:
+        """The run's tokens as the ledger counts them (seeded from the log, replays included)."""
+        return RequestUsage(prompt_tokens=self.ledger.input_tokens, completion_tokens=self.ledger.output_tokens)
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        text = json.dumps([message_to_dict(msg) for msg in messages], default=repr)
+        return len(text) // 4 + 1  # rough on purpose: no tokenizer download
+
+    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return max(0, self._context_tokens - self.count_tokens(messages, tools=tools))
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._inner.model_info if self._inner is not None else GENERIC_MODEL_INFO
+
+    @property
+    def capabilities(self) -> Any:  # deprecated in autogen; same data as model_info
+        return self.model_info
+
+
+# --- provider clients ------------------------------------------------------------------------
+
+
+def anthropic_model_info(model: str) -> ModelInfo:
+    """Explicit model info: autogen-ext's table does not know every current Claude name."""
+    family = ModelFamily.UNKNOWN
+    for word, fam in (("opus", ModelFamily.CLAUDE_4_OPUS), ("sonnet", ModelFamily.CLAUDE_4_SONNET),
+                      ("haiku", ModelFamily.CLAUDE_3_5_HAIKU)):
+        if word in model:
+            family = fam
+    return {**GENERIC_MODEL_INFO, "vision": True, "family": family}  # type: ignore[typeddict-item]
+
+
+class _SamplingInExtraBody:
+    """anthropic >= 1.0 dropped temperature/top_p/top_k from `messages.create()`, but
+    autogen-ext 0.7 still passes them; send them in `extra_body` (same wire payload).
+    temperature 1.0 is the API default and is left out, since newer models reject it."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.messages = _MessagesWithSampling(client.messages)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class _MessagesWithSampling:
+    def __init__(self, messages: Any) -> None:
+        self._messages = messages
+
+    async def create(self, **kwargs: Any) -> Any:
+        extra = dict(kwargs.pop("extra_body", None) or {})
+        for name in ("temperature", "top_p", "top_k"):
+            value = kwargs.pop(name, None)
+            if value is not None and not (name == "temperature" and value == 1.0):
+                extra[name] = value
+        if extra:
+            kwargs["extra_body"] = extra
+        return await self._messages.create(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._messages, name)
+
+
+def _api_key(settings: LlmSettings) -> str:
+    key = os.environ.get(settings.api_key_env, "")
+    if key:
+        return key
+    if settings.provider == "openai" and settings.base_url:
+        return "none"  # local OpenAI-compatible servers usually take no key
+    raise LlmError(
+        f"{settings.provider}: ${settings.api_key_env} is not set"
+        " (export the API key there, or name another variable in llm.api_key_env)"
+    )
+
+
+def live_client(settings: LlmSettings) -> ChatCompletionClient:
+    """The autogen-ext client for the configured provider; SDK retries off (we retry)."""
+    common: dict[str, Any] = {
+        "model": settings.model,
+        "api_key": _api_key(settings),
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+        "max_retries": 0,
+        "timeout": settings.timeout_s,  # explicit: also skips the SDK's refusal of long non-streamed calls
+    }
+    if settings.base_url:
+        common["base_url"] = settings.base_url
+    if settings.provider == "anthropic":
+        from autogen_ext.models.anthropic import AnthropicChatCompletionClient
+
+        client = AnthropicChatCompletionClient(**common, model_info=anthropic_model_info(settings.model))
+        client._client = _SamplingInExtraBody(client._client)  # see the class's docstring
+        return client
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    return OpenAIChatCompletionClient(**common, model_info=GENERIC_MODEL_INFO)
+
+
+def make_client(
+    settings: LlmSettings,
+    agent: str,
+    emit: Emit,
+    ledger: Ledger,
+    replay: "ReplaySource | None" = None,
+) -> RecordingClient:
+    """The recording client of one agent. `replay` lets agents share one loaded source."""
+    if settings.replaying and replay is None:
+        from agentnas.agents.replay import ReplaySource
+
+        replay = ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)
+    needs_live = replay is None or settings.on_divergence == "live"
+    return RecordingClient(
+        agent=agent,
+        provider=settings.provider,
+        model=settings.model,
+        emit=emit,
+        ledger=ledger,
+        inner=live_client(settings) if needs_live else None,
+        replay=replay,
+        on_divergence=settings.on_divergence,
+        parameters={"temperature": settings.temperature, "max_tokens": settings.max_tokens},
+        max_retries=settings.max_retries,
+        backoff_s=settings.backoff_s,
+    )
+
+
+# --- preflight -------------------------------------------------------------------------------
+
+
+async def preflight(settings: LlmSettings) -> None:
+    """Check the provider before any training is spent; raises LlmError with one line."""
+    if settings.replaying:
+        from agentnas.agents.replay import ReplaySource
+
+        ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)  # raises if unusable
+        if settings.on_divergence != "live":
+            return
+    if settings.provider == "anthropic":
+        await _preflight_anthropic(settings)
+    else:
+        await _preflight_openai(settings)
+
+
+async def _preflight_anthropic(settings: LlmSettings) -> None:
+    where = settings.base_url or "api.anthropic.com"
+    client = anthropic.AsyncAnthropic(
+        api_key=_api_key(settings), base_url=settings.base_url or None, max_retries=2, timeout=30.0
+    )
+    try:
+        await client.models.retrieve(settings.model)
+    except anthropic.AuthenticationError:
+        raise LlmError(f"anthropic: the API key in ${settings.api_key_env} was refused (401)") from None
+    except anthropic.PermissionDeniedError:
+        raise LlmError(f"anthropic: the API key in ${settings.api_key_env} may not use this API (403)") from None
+    except anthropic.NotFoundError:
+        raise LlmError(f"anthropic: unknown model '{settings.model}' (404 from {where})") from None
+    except anthropic.APIError as exc:
+        raise LlmError(f"anthropic: cannot check model '{settings.model}' at {where}: {describe(exc)}") from None
+    finally:
+        await client.close()
+
+
+async def _preflight_openai(settings: LlmSettings) -> None:
+    where = settings.base_url or "api.openai.com"
+    client = openai.AsyncOpenAI(
+        api_key=_api_key(settings), base_url=settings.base_url or None, max_retries=2, timeout=30.0
+    )
+    try:
+        served = [model.id async for model in client.models.list()]
+    except openai.AuthenticationError:
+        raise LlmError(f"openai: the API key in ${settings.api_key_env} was refused by {where} (401)") from None
+    except openai.APIError as exc:
+        raise LlmError(f"openai: cannot list the models at {where}: {describe(exc)}") from None
+    finally:
+        await client.close()
+    if settings.model not in served:
+        listed = ", ".join(served[:10]) + (", ..." if len(served) > 10 else "")
+        raise LlmError(f"openai: model '{settings.model}' is not served at {where} (it serves: {listed or 'none'})")
