@@ -94,3 +94,43 @@ def test_config_show_reflects_file_and_is_valid_toml(tmp_path):
     again = tmp_path / "again.toml"
     again.write_text(shown.stdout)
     assert run_cli("--config", str(again), "config", "show").stdout == shown.stdout
+
+
+GOOD_MODEL = """
+import torch
+from torch import nn
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 28))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def test_check_model(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text(GOOD_MODEL)
+    ok = run_cli("--home", str(tmp_path), "check-model", str(good), "--task", "addigits", timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok" in ok.stdout and "params 476 " in ok.stdout  # 3*8*9+8 + 8*28+28 and "FLOPs" in ok.stdout
+    wrong = run_cli("--home", str(tmp_path), "check-model", str(good), "--task", "multdigits", timeout=120)
+    assert wrong.returncode == 1 and "rejected" in wrong.stdout and "(8, 10)" in wrong.stdout
+    hostile = tmp_path / "hostile.py"
+    hostile.write_text("import subprocess\n" + GOOD_MODEL)
+    refused = run_cli("--home", str(tmp_path), "check-model", str(hostile), "--task", "addigits", timeout=120)
+    assert refused.returncode == 1 and "subprocess" in refused.stdout
+    assert_one_line_error(run_cli("--home", str(tmp_path), "check-model", str(good), "--task", "nope"), "unknown task 'nope'")
+    assert_one_line_error(run_cli("--home", str(tmp_path), "check-model", str(tmp_path / "missing.py"), "--task", "addigits"),
+                          "cannot read model file")
+    assert_one_line_error(run_cli("--home", str(tmp_path), "check-model", str(good), "--task", "addigits", "--device", "tpu"),
+                          "device 'tpu'")
+
+
+def test_tasks_lists_builtins():
+    out = run_cli("tasks")
+    assert out.returncode == 0
+    for name in ("addigits", "multdigits", "digitwave", "digitsmooth"):
+        assert name in out.stdout
