@@ -112,6 +112,14 @@ class TrainerConfig(_Section):
     cpu_threads: int = 0  # torch threads per worker on CPU; 0 = cores / concurrency
 
 
+class AgentsConfig(_Section):
+    """Which implementation serves each role, as `module:Class` (swap without code changes)."""
+
+    planner: str = "agentnas.agents.planner:LlmPlanner"
+    explorer: str = "agentnas.agents.explorer:ExplorerRole"
+    code_executor: str = "agentnas.agents.code_executor:CodeExecutorRole"
+
+
 class LogConfig(_Section):
     format: Literal["auto", "console", "json"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -128,6 +136,7 @@ class Config(_Section):
     slots: SlotsConfig = SlotsConfig()
     evolution: EvolutionConfig = EvolutionConfig()
     trainer: TrainerConfig = TrainerConfig()
+    agents: AgentsConfig = AgentsConfig()
     log: LogConfig = LogConfig()
 
 

@@ -28,6 +28,7 @@ from agentnas.ops.home import HomeError, log_file, prepare_home
 from agentnas.store.log import EventLog, LogError
 from agentnas.store.projection import load_run_state
 from agentnas.trainer_daemon.devices import DeviceError
+from agentnas.agents.roles import RoleError
 
 app = typer.Typer(
     name="agentnas",
@@ -40,7 +41,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 
 console = Console()
-USER_ERRORS = (ConfigError, BusUnavailable, NatsServerError, HomeError, LogError, DeviceError)
+USER_ERRORS = (ConfigError, BusUnavailable, NatsServerError, HomeError, LogError, DeviceError, RoleError)
 
 
 class UserError(RuntimeError):
@@ -210,6 +211,97 @@ def tasks(
         table.add_row(spec.name, "x".join(map(str, spec.input_shape)), "x".join(map(str, spec.output_shape)),
                       spec.loss, spec.metric, "yes" if spec.blind else "")
     console.print(table)
+
+
+@app.command()
+def agent(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Argument(help="planner | explorer | code_executor")],
+    nats_url: Annotated[str, typer.Option(help="NATS server URL.")],
+    impl: Annotated[Optional[str], typer.Option(help="Serve the role with this module:Class instead of the config's.")] = None,
+) -> None:
+    """Run one agent in the foreground (normally started by `agentnas up` / `run`)."""
+    from agentnas.agents.roles import role_class
+    from agentnas.agents.runtime import serve_role
+
+    c: Context = ctx.obj
+    config = c.config
+    if impl:
+        config = msgspec.structs.replace(config, agents=msgspec.structs.replace(config.agents, **{role: impl}))
+    cls = role_class(config, role)
+    prepare_home(c.home)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_role(cls, nats_url, config, c.home, stop=stop)
+
+    asyncio.run(main())
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Argument(help="Built-in task name or task TOML file (see `agentnas tasks`).")],
+    phases: Annotated[str, typer.Option(help="Phases to run, e.g. 1 (Phase 1 only, for now).")] = "1",
+    llm: Annotated[Optional[str], typer.Option(help="anthropic[:MODEL] | openai:MODEL | replay:PATH[#RUN] | none (rule-based planner).")] = None,
+    on_divergence: Annotated[str, typer.Option(help="With replay: stop | live.")] = "stop",
+    budget: Annotated[Optional[int], typer.Option(help="Evaluation budget of the search phases.")] = None,
+    planner: Annotated[Optional[str], typer.Option(help="llm | rule | module:Class.")] = None,
+    nats_url: Annotated[Optional[str], typer.Option(help="Use this NATS server instead of starting one.")] = None,
+) -> None:
+    """Run the pipeline on a task end to end, with live progress."""
+    from agentnas.agents.llm import LlmError, LlmSettings, preflight
+    from agentnas.agents.roles import RULE_PLANNER
+    from agentnas.ops.run import run_pipeline
+    from agentnas.trainer_daemon.tasks import TaskError, load_task
+
+    c: Context = ctx.obj
+    try:
+        wanted = tuple(sorted({int(x) for x in phases.split(",") if x.strip()}))
+    except ValueError:
+        raise UserError(f"--phases must be a comma list of numbers, not '{phases}'") from None
+    if wanted != (1,):
+        raise UserError("only --phases 1 is available so far (Phases 2 and 3 are being built)")
+    config = c.config
+    if budget is not None:
+        if budget < 1:
+            raise UserError("--budget must be at least 1")
+        config = msgspec.structs.replace(config, phase1=msgspec.structs.replace(config.phase1, budget=budget))
+    impl = {"rule": RULE_PLANNER, "llm": None, None: None}.get(planner, planner)
+    if llm == "none":
+        impl, llm = RULE_PLANNER, None
+    prepare_home(c.home)
+    try:
+        load_task(task)
+        if impl != RULE_PLANNER:
+            asyncio.run(preflight(LlmSettings.from_config(config.llm, llm, on_divergence=on_divergence)))
+    except (TaskError, LlmError) as exc:
+        raise UserError(str(exc)) from None
+    status = asyncio.run(run_pipeline(config, c.home, c.config_path, task, wanted, llm, on_divergence, impl,
+                                      nats_url or config.bus.url or None, console))
+    if status != "finished":
+        raise typer.Exit(1)
+
+
+@app.command()
+def audit(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id (see `agentnas runs`).")],
+    agent_name: Annotated[Optional[str], typer.Option("--agent", help="Only this agent's calls.")] = None,
+    full: Annotated[bool, typer.Option(help="Do not shorten long messages.")] = False,
+) -> None:
+    """Print a run's LLM decision log: request, answer, tokens, cost, and what each call caused."""
+    from agentnas.ops.audit import AuditError, render_audit
+
+    with _open_log(ctx.obj) as event_log:
+        _need_run(event_log, run_id)
+        try:
+            render_audit(event_log, run_id, agent=agent_name, full=full, console=console)
+        except AuditError as exc:
+            raise UserError(str(exc)) from None
 
 
 # --- reading the log ------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""`agentnas up`: the bus, the recorder and every service on this machine, supervised."""
+"""`agentnas up` and `agentnas run`: the bus, the recorder, trainers and agents, supervised."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -19,10 +20,16 @@ from agentnas.ops import home as home_mod
 from agentnas.ops.supervisor import ServiceSpec, Supervisor, sender
 from agentnas.trainer_daemon.devices import default_devices, parse_device
 
+AGENT_ROLES = ("planner", "explorer", "code_executor")
 
-def service_specs(config: Config, config_path: str | None, home: Path, url: str) -> list[ServiceSpec]:
-    """Every service `up` starts on this machine: the recorder, one trainer daemon per GPU
-    (or one for the CPU). Later issues append the agents."""
+# What a body does while the system runs: (jetstream, stop event) -> None; returning stops all.
+Body = Callable[..., Awaitable[None]]
+
+
+def service_specs(config: Config, config_path: str | None, home: Path, url: str,
+                  role_impls: dict[str, str] | None = None) -> list[ServiceSpec]:
+    """Every service started on this machine: the recorder, one trainer daemon per GPU (or
+    one for the CPU), and one process per agent role."""
     base = [sys.executable, "-m", "agentnas.ops.cli", "--home", str(home), "--log-format", "json"]
     if config_path:
         base += ["--config", config_path]
@@ -31,75 +38,69 @@ def service_specs(config: Config, config_path: str | None, home: Path, url: str)
         device = parse_device(device)
         specs.append(ServiceSpec(name=f"trainer-{device.replace(':', '')}",
                                  argv=[*base, "trainer", "--nats-url", url, "--device", device]))
+    for role in AGENT_ROLES:
+        impl = (role_impls or {}).get(role)
+        specs.append(ServiceSpec(name=role, argv=[*base, "agent", role, "--nats-url", url,
+                                                  *(["--impl", impl] if impl else [])]))
     return specs
 
 
-async def run_up(
-    config: Config,
-    home: Path,
-    config_path: str | None,
-    nats_url: str | None,
-    run_for: float,
-    console: Console,
-) -> None:
+async def run_system(config: Config, home: Path, config_path: str | None, nats_url: str | None, console: Console,
+                     body: Body, role_impls: dict[str, str] | None = None) -> None:
+    """Start everything, run `body`, stop everything (also on Ctrl-C / SIGTERM)."""
     server = None
     if not nats_url:
         server = NatsServer(home / "nats", binary=config.bus.nats_server_binary or None)
         nats_url = server.start()
     try:
-        await _supervise(config, home, config_path, nats_url, run_for, console, embedded=server is not None)
+        nc = await connect(nats_url, config.bus, name="agentnas-supervisor")
+        js = nc.jetstream()
+        await ensure_streams(js)
+        home_mod.write_bus_file(home, nats_url)
+        me = sender()
+
+        async def notify(payload: messages.Kind) -> None:
+            await publish(js, messages.make_event(payload, run_id=subjects.SYSTEM_RUN, sender=me))
+
+        supervisor = Supervisor(service_specs(config, config_path, home, nats_url, role_impls), home / "logs", notify)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await supervisor.start()
+        console.print(f"agentnas is up: bus {nats_url} ({'embedded' if server else 'external'}), home {home}")
+        print_services(console, supervisor)
+        work = asyncio.create_task(body(js, stop))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        console.print("stopping ...")
+        await supervisor.stop()
+        await close(nc)
+        print_services(console, supervisor)
+        if work.done():
+            work.result()  # re-raise what the body raised
+        else:
+            work.cancel()
     finally:
         if server is not None:
             server.stop()
         home_mod.clear_bus_file(home)
 
 
-async def _supervise(
-    config: Config,
-    home: Path,
-    config_path: str | None,
-    url: str,
-    run_for: float,
-    console: Console,
-    *,
-    embedded: bool,
-) -> None:
-    nc = await connect(url, config.bus, name="agentnas-supervisor")
-    js = nc.jetstream()
-    await ensure_streams(js)
-    home_mod.write_bus_file(home, url)
-    me = sender()
-
-    async def notify(payload: messages.Kind) -> None:
-        await publish(js, messages.make_event(payload, run_id=subjects.SYSTEM_RUN, sender=me))
-
-    supervisor = Supervisor(service_specs(config, config_path, home, url), home / "logs", notify)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await supervisor.start()
-    _print_started(console, home, url, embedded, supervisor)
-    try:
+async def run_up(config: Config, home: Path, config_path: str | None, nats_url: str | None, run_for: float,
+                 console: Console) -> None:
+    async def body(js, stop: asyncio.Event) -> None:
+        console.print(f"log: {home_mod.log_file(home)}; try `agentnas --home {home} runs`. Ctrl-C stops.")
         if run_for > 0:
-            await asyncio.wait_for(stop.wait(), timeout=run_for)
+            await asyncio.sleep(run_for)
         else:
             await stop.wait()
-    except asyncio.TimeoutError:
-        pass
-    console.print("stopping ...")
-    await supervisor.stop()
-    await close(nc)
-    _print_services(console, supervisor)
+
+    await run_system(config, home, config_path, nats_url, console, body)
 
 
-def _print_started(console: Console, home: Path, url: str, embedded: bool, supervisor: Supervisor) -> None:
-    console.print(f"agentnas is up: bus {url} ({'embedded' if embedded else 'external'}), home {home}")
-    _print_services(console, supervisor)
-    console.print(f"log: {home_mod.log_file(home)}; try `agentnas --home {home} runs`. Ctrl-C stops.")
-
-
-def _print_services(console: Console, supervisor: Supervisor) -> None:
+def print_services(console: Console, supervisor: Supervisor) -> None:
     table = Table("service", "pid", "status", "restarts")
     for state in supervisor.states.values():
         table.add_row(state.name, str(state.pid), state.status, str(state.restarts))

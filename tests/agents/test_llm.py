@@ -205,7 +205,7 @@ async def test_a_refused_key_is_not_retried():
 async def test_a_script_problem_of_the_fake_server_is_not_retried():
     with fake_llm([{"agent": "planner", "reply": "x", "match": "batch 2"}]) as server:
         client = client_for(settings_for(server), Events())
-        with pytest.raises(LlmError, match="next rule expects 'batch 2' in the last user message"):
+        with pytest.raises(LlmError, match="no remaining rule matches the last user message 'batch 1 results'"):
             await client.create(conversation("batch 1 results"))
         with pytest.raises(LlmError, match="no script for agent 'explorer'"):
             await client.create([SystemMessage(content="agentnas-agent: explorer"), UserMessage(content="hi", source="o")])

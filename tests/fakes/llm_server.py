@@ -195,14 +195,17 @@ class FakeLlmServer:
             elif not self._script[agent]:
                 problem = f"script for agent '{agent}' is exhausted"
             else:
-                rule = self._script[agent][0]
-                if rule.match is not None and rule.match not in last_user:
+                # The first rule whose `match` fits (rules without one fit anything): an agent
+                # working on several things at once (the Code Executor) is served per thing.
+                queue = self._script[agent]
+                rule = next((r for r in queue if r.match is None or r.match in last_user), None)
+                if rule is None:
                     problem = (
-                        f"agent '{agent}': next rule expects {rule.match!r} in the last user message,"
-                        f" got {last_user[:120]!r}"
+                        f"agent '{agent}': no remaining rule matches the last user message"
+                        f" {last_user[:120]!r}"
                     )
                 else:
-                    self._script[agent].popleft()
+                    queue.remove(rule)
                     if rule.status is not None:
                         return rule.status, f"scripted error {rule.status}"
                     return 200, rule.reply or ""

@@ -1,0 +1,133 @@
+"""The Code Executor role: proposal -> `Architecture` source + training config, validated.
+
+Per proposed architecture: write the code (LLM; or take the source a rule-based planner
+gave), request a `validate` evaluation from the trainers, and on failure ask for a fix with
+the truncated traceback (bugs only, never the design), up to `code_retries` times. Success
+-> `architecture.implemented` + a `proxy` evaluation; final failure ->
+`architecture.rejected` (which uses budget). Every step is derived from the log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import structlog
+
+from agentnas.agents import prompts as p
+from agentnas.agents.conversation import Unusable, ask_parsed
+from agentnas.agents.phase1 import Arch, Phase1State
+from agentnas.agents.planner import caps, task_info
+from agentnas.agents.protocol import parse_code, referenced_arch_ids
+from agentnas.agents.runtime import Context, Work
+from agentnas.bus import messages as m
+from agentnas.bus.config import Config
+
+log = structlog.get_logger("agentnas.code_executor")
+
+TRACEBACK_CHARS = 3000
+
+
+def max_attempts(state: Phase1State) -> int:
+    return 1 + int(state.setting("phase1", "code_retries", 10))
+
+
+class CodeExecutorRole:
+    name = "code_executor"
+
+    def __init__(self, config: Config, home: Path) -> None:
+        self.config, self.home = config, home
+
+    def due(self, state: Phase1State) -> list[Work]:
+        work = []
+        for arch in state.archs.values():
+            if arch.implemented or arch.rejected or arch.proxy_eval_id:
+                continue
+            last = arch.attempts[-1] if arch.attempts else None
+            key = f"{state.run_id}:{arch.arch_id}"
+            if last is None or (last.status and last.status != "ok" and len(arch.attempts) < self.limit(state, arch)):
+                work.append(Work(key=f"{key}:attempt:{len(arch.attempts) + 1}", run_id=state.run_id,
+                                 action=lambda ctx, a=arch.arch_id: self.attempt(ctx, a)))
+            elif last.status == "ok":
+                work.append(Work(key=f"{key}:accept", run_id=state.run_id,
+                                 action=lambda ctx, a=arch.arch_id: self.accept(ctx, a)))
+            elif last.status:
+                work.append(Work(key=f"{key}:reject", run_id=state.run_id,
+                                 action=lambda ctx, a=arch.arch_id: self.reject(ctx, a)))
+        return work
+
+    @staticmethod
+    def limit(state: Phase1State, arch: Arch) -> int:
+        # Code the planner wrote itself cannot be fixed by us: one attempt.
+        return 1 if arch.proposal.source else max_attempts(state)
+
+    async def attempt(self, ctx: Context, arch_id: str) -> None:
+        state = ctx.state
+        arch = state.archs[arch_id]
+        if arch.proposal.source:
+            source, recipe = arch.proposal.source, arch.proposal.recipe
+            causation = None
+        else:
+            try:
+                source, recipe = await self.write_code(ctx, arch)
+            except Unusable as exc:
+                await ctx.emit(m.AgentOutputRejected(agent=self.name, reason=exc.reason, attempts=exc.attempts),
+                               ctx.last_response_id)
+                await ctx.emit(m.ArchitectureRejected(arch_id=arch_id, reason=f"unusable answers: {exc.reason}",
+                                                      attempts=len(arch.attempts) + 1))
+                return
+            causation = ctx.last_response_id
+        await ctx.emit(m.EvaluationRequested(
+            eval_id=f"{state.run_id}-{arch_id}-v{len(arch.attempts) + 1}", request="validate", task=state.task,
+            model_source=source, recipe=recipe or arch.proposal.recipe, caps=caps(state, full=False),
+            seed=int(state.config.get("seed", 42)), arch_id=arch_id, phase=1), causation)
+
+    async def write_code(self, ctx: Context, arch: Arch) -> tuple[str, dict | str]:
+        state = ctx.state
+        spec = task_info(state)
+        blind = bool(spec.get("blind", False))
+        referenced = {a: state.archs[a].source for a in referenced_arch_ids(arch.proposal.description, state.archs)
+                      if a in state.archs and state.archs[a].source}
+        recipe = arch.proposal.recipe if isinstance(arch.proposal.recipe, str) else json.dumps(arch.proposal.recipe)
+        implement = p.render(
+            "code_executor_implement", arch_id=arch.arch_id, description=arch.proposal.description,
+            task=p.task_block(spec, blind), input_shape=p.batch_shape(spec["input_shape"]),
+            output_shape=p.batch_shape(spec["output_shape"]),
+            max_params=str(state.setting("phase1", "max_params", "no fixed limit")),
+            memory_cap_mb=f"{state.config.get('proxy', {}).get('memory_cap_mb', 11264.0):g}",
+            recipe=recipe, referenced_code=p.referenced_code_block(referenced), whitelist=p.recipe_whitelist())
+        # The conversation: the implement prompt, then one (answer, fix prompt) pair per failed attempt.
+        history: list[tuple[str, str]] = []
+        prompt = implement
+        for number, attempt in enumerate(arch.attempts, 1):
+            history.append((prompt.text, _answer_text(attempt.source, attempt.recipe)))
+            prompt = p.render("code_executor_fix", arch_id=arch.arch_id, attempt=number + 1,
+                              max_attempts=max_attempts(state), reason=attempt.reason or attempt.status,
+                              source=attempt.source, traceback=(attempt.traceback or "")[-TRACEBACK_CHARS:] or "none")
+        client = self.service.client_for(ctx, self.name)  # type: ignore[attr-defined]
+        answer, _, _ = await ask_parsed(client, self.name, p.render("code_executor_system"), history, prompt, parse_code)
+        return answer.source, answer.recipe
+
+    async def accept(self, ctx: Context, arch_id: str) -> None:
+        state = ctx.state
+        arch = state.archs[arch_id]
+        last = arch.attempts[-1]
+        recipe = last.recipe if isinstance(last.recipe, dict) else {}
+        implemented = await ctx.emit(m.ArchitectureImplemented(arch_id=arch_id, source=last.source, recipe=recipe,
+                                                               attempts=len(arch.attempts), validation_eval_id=last.eval_id))
+        await ctx.emit(m.EvaluationRequested(
+            eval_id=f"{state.run_id}-{arch_id}-proxy", request="proxy", task=state.task, model_source=last.source,
+            recipe=last.recipe, caps=caps(state, full=False), seed=int(state.config.get("seed", 42)),
+            arch_id=arch_id, phase=1), implemented.id)
+
+    async def reject(self, ctx: Context, arch_id: str) -> None:
+        arch = ctx.state.archs[arch_id]
+        last = arch.attempts[-1]
+        await ctx.emit(m.ArchitectureRejected(arch_id=arch_id, reason=f"{last.status}: {last.reason}"[:300],
+                                              attempts=len(arch.attempts)))
+
+
+def _answer_text(source: str, recipe: dict | str) -> str:
+    """The answer as the conversation remembers it: rebuilt from the attempt, identically every time."""
+    config = recipe if isinstance(recipe, str) else json.dumps(recipe, indent=2, sort_keys=True)
+    return f"```python\n{source.rstrip()}\n```\n\n```json\n{config}\n```"

@@ -1,0 +1,199 @@
+"""The service loop every Phase 1 agent runs in.
+
+An agent replays every run's events from the EVENTS stream (an ordered consumer from the
+start: this is how it rebuilds its state on start-up, on any machine), folds them with
+`phase1.fold`, and once it has caught up asks its role what work is due. Each piece of due
+work has a key; work with a key already in flight is not started twice, and work that
+publishes its events changes the state so that it is no longer due. A role is therefore a
+pure function of the state plus the effects it performs; nothing else is kept in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+from nats.js import api
+
+from agentnas.bus import messages as m
+from agentnas.bus import subjects
+from agentnas.bus.config import Config
+from agentnas.bus.connect import close, connect, ensure_streams
+from agentnas.bus.publish import publish
+from agentnas.agents.phase1 import Phase1State, fold
+
+log = structlog.get_logger("agentnas.agent")
+
+Emit = Callable[..., Awaitable[m.Envelope]]
+
+
+class Work(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    run_id: str
+    action: Any  # a coroutine function taking (Context) and returning None
+
+
+class Context:
+    """What a piece of work may use: the state it was derived from and a way to publish."""
+
+    def __init__(self, agent: "AgentService", state: Phase1State) -> None:
+        self.agent = agent
+        self.state = state
+        self.run_id = state.run_id
+        self.emitted: list[str] = []
+        self.last_response_id: str | None = None  # the latest llm.responded we emitted: decisions cite it
+
+    async def emit(self, payload: m.Kind, causation_id: str | None = None, event_id: str | None = None) -> m.Envelope:
+        env = m.make_event(payload, run_id=self.run_id, sender=self.agent.sender, causation_id=causation_id, id=event_id)
+        self.agent.unseen.add(env.id)
+        self.emitted.append(env.id)
+        await publish(self.agent.js, env)
+        return env
+
+    def latest_state(self) -> Phase1State:
+        return self.agent.states.get(self.run_id, self.state)
+
+
+class Role(Protocol):
+    name: str
+
+    def due(self, state: Phase1State) -> list[Work]: ...
+
+
+class AgentService:
+    def __init__(self, role: Role, js, config: Config, home: Path) -> None:
+        self.role, self.js, self.config, self.home = role, js, config, home
+        self.sender = m.Sender(agent=role.name, instance=f"{socket.gethostname()}:{os.getpid()}")
+        self.states: dict[str, Phase1State] = {}
+        self.in_flight: dict[str, asyncio.Task] = {}
+        self.caught_up = False
+        self.failures: dict[str, int] = {}
+        self.unseen: set[str] = set()  # ids we published that the stream has not brought back yet
+        self._replay = None  # one replay source per process, shared by its clients
+
+    def client_for(self, ctx: Context, agent: str):
+        """A recording LLM client whose events go out through this piece of work."""
+        from agentnas.agents.llm import Ledger, LlmSettings, make_client
+
+        run = ctx.state.config
+        settings = LlmSettings.from_config(self.config.llm, run.get("llm_spec") or None,
+                                           on_divergence=run.get("on_divergence", "stop"))
+
+        async def emit(payload: m.Kind) -> None:
+            env = await ctx.emit(payload)
+            if isinstance(payload, m.LlmResponded):
+                ctx.last_response_id = env.id
+
+        if settings.replaying and self._replay is None:
+            from agentnas.agents.replay import ReplaySource
+
+            self._replay = ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)
+        return make_client(settings, agent, emit, Ledger.for_settings(settings), replay=self._replay)
+
+    def on_event(self, env: m.Envelope) -> None:
+        self.unseen.discard(env.id)
+        if env.run_id == subjects.SYSTEM_RUN or isinstance(env.payload, (m.EvaluationProgress, m.AgentHeartbeat)):
+            return
+        state = self.states.get(env.run_id) or Phase1State(run_id=env.run_id)
+        self.states[env.run_id] = fold(state, env)
+
+    def dispatch(self) -> None:
+        """Start every due piece of work that is not already running."""
+        if not self.caught_up:
+            return
+        for run_id, state in self.states.items():
+            if not state.requested or state.finished:
+                continue
+            for work in self.role.due(state):
+                if work.key in self.in_flight:
+                    continue
+                task = asyncio.create_task(self._perform(work, state), name=work.key)
+                self.in_flight[work.key] = task
+
+    async def _perform(self, work: Work, state: Phase1State) -> None:
+        structlog.contextvars.bind_contextvars(run_id=work.run_id, agent=self.role.name, work=work.key)
+        context = Context(self, state)
+        try:
+            await work.action(context)
+            self.failures.pop(work.key, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Infrastructure trouble (bus, provider outage after retries): log it, let the
+            # work become due again after a pause, and give up on the run after repeated failures.
+            count = self.failures[work.key] = self.failures.get(work.key, 0) + 1
+            log.exception("work failed", key=work.key, attempt=count, error=str(exc))
+            if count >= 3:
+                await Context(self, state).emit(m.RunFailed(reason=f"{self.role.name}: {work.key} failed {count} times: {exc}"[:500]))
+            else:
+                await asyncio.sleep(2.0 * count)
+        finally:
+            # Keep the key in flight until our own events have come back through the stream,
+            # so the same work is not derived again from a state that does not show it yet.
+            for _ in range(1000):
+                if not self.unseen.intersection(context.emitted):
+                    break
+                await asyncio.sleep(0.01)
+            self.in_flight.pop(work.key, None)
+            self._wake.set()
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        self._wake = asyncio.Event()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def on_msg(msg) -> None:
+            queue.put_nowait(msg)
+
+        info = await self.js.stream_info(subjects.EVENTS_STREAM)
+        target = info.state.last_seq
+        sub = await self.js.subscribe(subjects.EVENTS_SUBJECTS, ordered_consumer=True, cb=on_msg,
+                                      deliver_policy=api.DeliverPolicy.ALL)
+        if target == 0:
+            self.caught_up = True
+        await publish(self.js, m.make_event(m.AgentStarted(role=self.role.name, pid=os.getpid(), host=socket.gethostname()),
+                                            run_id=subjects.SYSTEM_RUN, sender=self.sender))
+        if ready is not None:
+            ready.set()
+        log.info("agent started", role=self.role.name)
+        while not stop.is_set():
+            try:
+                msg = await asyncio.wait_for(queue.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if not self.caught_up:
+                    self.caught_up = True  # nothing more arrived: the stream is replayed
+                self.dispatch()
+                continue
+            try:
+                env = m.decode(msg.data)
+            except m.UndecodableMessage:
+                continue
+            self.on_event(env)
+            if not self.caught_up and msg.metadata.sequence.stream >= target:
+                self.caught_up = True
+            if queue.empty():
+                self.dispatch()
+        await sub.unsubscribe()
+        for task in self.in_flight.values():
+            task.cancel()
+        await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+
+
+async def serve_role(role_factory: Callable[[Config, Path], Role], url: str, config: Config, home: Path,
+                     *, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    async with AsyncExitStack() as stack:
+        nc = await connect(url, config.bus, name="agentnas-agent")
+        stack.push_async_callback(close, nc)
+        js = nc.jetstream()
+        await ensure_streams(js)
+        role = role_factory(config, home)
+        service = AgentService(role, js, config, home)
+        role.service = service  # type: ignore[attr-defined]
+        await service.run(stop, ready)
+        await publish(js, m.make_event(m.AgentStopped(role=role.name), run_id=subjects.SYSTEM_RUN, sender=service.sender))

@@ -1,0 +1,136 @@
+"""`agentnas run TASK`: start the system, request a run, show its progress, stop when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from rich.console import Console
+
+from agentnas.bus import messages as m
+from agentnas.bus.config import Config
+from agentnas.bus.publish import publish
+from agentnas.ops.home import log_file
+from agentnas.ops.up import run_system
+from agentnas.store.log import EventLog, LogError, row_to_envelope
+from agentnas.trainer_daemon.tasks import TaskData, load_task
+
+SENDER = m.Sender(agent="cli")
+
+
+def new_run_id(task_name: str) -> str:
+    safe = "".join(c if c.isalnum() else "-" for c in task_name)[:24].strip("-") or "run"
+    return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def export_for_explorer(data: TaskData, folder: Path) -> str:
+    """The explorer sees the training and validation splits as npy files (never the test split)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("train_x", "train_y", "valid_x", "valid_y"):
+        np.save(folder / f"{name}.npy", np.asarray(getattr(data, name)))
+    return ", ".join(f"{folder}/{name}.npy" for name in ("train_x", "train_y", "valid_x", "valid_y"))
+
+
+def run_config(config: Config, data: TaskData, task_ref: str, phases: tuple[int, ...], llm: str | None,
+               on_divergence: str, data_dir: Path, data_paths: str) -> dict:
+    spec = data.spec
+    return {
+        **msgspec.to_builtins(config),
+        "phases": list(phases),
+        "task_spec": {"name": spec.name, "description": spec.description, "input_shape": list(spec.input_shape),
+                      "output_shape": list(spec.output_shape), "loss": spec.loss, "metric": spec.metric,
+                      "blind": spec.blind, "published_best": spec.published_best},
+        "task_ref": task_ref,
+        "llm_spec": llm or "",
+        "on_divergence": on_divergence,
+        "data_dir": str(data_dir),
+        "data_paths": data_paths,
+    }
+
+
+_SHOWN = (m.RunStarted, m.ExplorationRequested, m.ExplorationReported, m.ExperimentProposed, m.ArchitectureRejected,
+          m.EvaluationCompleted, m.BatchSummarized, m.PhaseStopped, m.SeedSelected, m.AgentOutputRejected,
+          m.RunFinished, m.RunFailed)
+
+
+def describe(env: m.Envelope) -> str | None:
+    match env.payload:
+        case m.ExplorationRequested(question=q):
+            return f"planner explores: {q[:100]}"
+        case m.ExplorationReported(steps=steps):
+            return f"explorer reported after {steps} steps"
+        case m.ExperimentProposed(batch=b, proposals=ps):
+            return f"batch {b}: " + ", ".join(f"{p.arch_id} ({p.description[:40]})" for p in ps)
+        case m.ArchitectureRejected(arch_id=a, reason=r, attempts=n):
+            return f"{a} rejected after {n} attempts: {r[:100]}"
+        case m.EvaluationCompleted(request="validate"):
+            return None
+        case m.EvaluationCompleted(arch_id=a, request=req, status=s, val_metric=v, reason=r):
+            metric = f"{v:.4g}" if v is not None else "-"
+            return f"{a} {req}: {s} {metric}" + (f" ({r[:80]})" if r else "")
+        case m.BatchSummarized(batch=b, summary=s):
+            return f"summary of batch {b}: {s[:120]}"
+        case m.PhaseStopped(reason=r, arch_ids=ids):
+            return f"phase 1 stopped ({r}); full training of {', '.join(ids) or 'the top 8'}"
+        case m.SeedSelected(arch_id=a, val_metric=v):
+            return f"seed selected: {a} (wave-1 validation {v:.4g})"
+        case m.AgentOutputRejected(agent=a, reason=r):
+            return f"{a} answer unusable: {r[:100]}"
+        case m.RunFinished(summary=s):
+            return f"run finished: {s}"
+        case m.RunFailed(reason=r):
+            return f"run failed: {r}"
+    return None
+
+
+async def follow(path: Path, run_id: str, console: Console, stop: asyncio.Event) -> str:
+    """Print the run's notable events as they are recorded; returns its final status."""
+    after = 0
+    while not stop.is_set():
+        try:
+            with EventLog(path, readonly=True) as log:
+                rows = log.rows(run_id, after_seq=after, limit=500)
+        except LogError:
+            rows = []
+        for row in rows:
+            after = row.seq
+            env = row_to_envelope(row)
+            if isinstance(env.payload, _SHOWN):
+                line = describe(env)
+                if line:
+                    console.print(f"{time.strftime('%H:%M:%S', time.localtime(env.time))} {line}", highlight=False,
+                                  markup=False)
+            if isinstance(env.payload, (m.RunFinished, m.RunFailed)):
+                return "finished" if isinstance(env.payload, m.RunFinished) else "failed"
+        if not rows:
+            await asyncio.sleep(0.3)
+    return "interrupted"
+
+
+async def run_pipeline(config: Config, home: Path, config_path: str | None, task_ref: str, phases: tuple[int, ...],
+                       llm: str | None, on_divergence: str, planner_impl: str | None, nats_url: str | None,
+                       console: Console) -> str:
+    data = load_task(task_ref)
+    run_id = new_run_id(data.spec.name)
+    data_dir = home / "data" / run_id
+    data_paths = export_for_explorer(data, data_dir)
+    payload = m.RunRequested(task=task_ref, phases=phases,
+                             config=run_config(config, data, task_ref, phases, llm, on_divergence, data_dir, data_paths))
+    outcome = {"status": "interrupted"}
+
+    async def body(js, stop: asyncio.Event) -> None:
+        await publish(js, m.make_event(payload, run_id=run_id, sender=SENDER))
+        await publish(js, m.make_event(m.RunStarted(), run_id=run_id, sender=SENDER))
+        console.print(f"run {run_id}: task {data.spec.name}, phases {list(phases)}, "
+                      f"budget {config.phase1.budget}; `agentnas --home {home} events {run_id} -f` shows everything")
+        outcome["status"] = await follow(log_file(home), run_id, console, stop)
+
+    roles = {"planner": planner_impl} if planner_impl else None
+    await run_system(config, home, config_path, nats_url, console, body, role_impls=roles)
+    console.print(f"run {run_id}: {outcome['status']}; `agentnas --home {home} status {run_id}` for the state, "
+                  f"`agentnas --home {home} audit {run_id}` for the LLM decisions")
+    return outcome["status"]
