@@ -43,6 +43,8 @@ class CodeExecutorRole:
         for arch in state.archs.values():
             if arch.implemented or arch.rejected or arch.proxy_eval_id:
                 continue
+            if state.stopped is not None and not arch.attempts:
+                continue  # the phase ended before this one was started
             last = arch.attempts[-1] if arch.attempts else None
             key = f"{state.run_id}:{arch.arch_id}"
             if last is None or (last.status and last.status != "ok" and len(arch.attempts) < self.limit(state, arch)):

@@ -95,6 +95,7 @@ class ReplaySource:
         for call in calls:
             self._by_agent.setdefault(call.agent, []).append(call)
         self._served: dict[str, int] = {}
+        self._taken: dict[str, set[int]] = {}
 
     # --- loading -----------------------------------------------------------------------
 
@@ -171,18 +172,24 @@ class ReplaySource:
     def serve(self, agent: str, messages: list[dict[str, Any]], model: str | None = None) -> RecordedCall:
         """The agent's next recorded call, if `messages` (and `model`, when given) match it."""
         recorded = self._by_agent.get(agent, [])
-        number = self._served.get(agent, 0) + 1
+        taken = self._taken.setdefault(agent, set())
+        number = len(taken) + 1
         where = f"replay diverged for agent '{agent}' at call {number}"
-        if number > len(recorded):
+        waiting = [i for i in range(len(recorded)) if i not in taken]
+        if not waiting:
             raise ReplayDivergence(
                 f"{where}: the recording ({self.origin}) has only {len(recorded)} call(s) for this agent"
             )
-        call = recorded[number - 1]
-        problem = _difference(call.request, messages, model)
-        if problem:
-            raise ReplayDivergence(f"{where} of {len(recorded)}: {problem}")
-        self._served[agent] = number
-        return call
+        # An agent may work on several things at once (the Code Executor implements a batch
+        # concurrently), so its calls can arrive in another order than recorded: serve the
+        # first unserved recorded call with the same request; report against the next in order.
+        for index in waiting:
+            if not _difference(recorded[index].request, messages, model):
+                taken.add(index)
+                self._served[agent] = len(taken)
+                return recorded[index]
+        problem = _difference(recorded[waiting[0]].request, messages, model)
+        raise ReplayDivergence(f"{where} of {len(recorded)}: {problem}")
 
 
 def _text(message: dict[str, Any]) -> str:

@@ -126,6 +126,8 @@ class AgentService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if await self._decisive_failure(context, exc):
+                return
             # Infrastructure trouble (bus, provider outage after retries): log it, let the
             # work become due again after a pause, and give up on the run after repeated failures.
             count = self.failures[work.key] = self.failures.get(work.key, 0) + 1
@@ -143,6 +145,22 @@ class AgentService:
                 await asyncio.sleep(0.01)
             self.in_flight.pop(work.key, None)
             self._wake.set()
+
+    async def _decisive_failure(self, context: Context, exc: Exception) -> bool:
+        """Failures that retrying cannot fix end the phase or the run at once, with the reason."""
+        from agentnas.agents.llm import BudgetExceeded
+        from agentnas.agents.replay import ReplayDivergence, ReplayError
+
+        if isinstance(exc, BudgetExceeded):
+            log.warning("LLM cap reached; stopping the phase", error=str(exc))
+            if context.latest_state().stopped is None:
+                await context.emit(m.PhaseStopped(phase=1, reason=f"LLM cap: {exc}"))
+            return True
+        if isinstance(exc, (ReplayDivergence, ReplayError)):
+            log.error("replay failed", error=str(exc))
+            await context.emit(m.RunFailed(reason=str(exc)))
+            return True
+        return False
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         self._wake = asyncio.Event()

@@ -28,11 +28,15 @@ def new_run_id(task_name: str) -> str:
 
 
 def export_for_explorer(data: TaskData, folder: Path) -> str:
-    """The explorer sees the training and validation splits as npy files (never the test split)."""
+    """The explorer sees the training and validation splits as npy files (never the test split).
+
+    Prompts name the files relative to $AGENTNAS_DATA, never by absolute path: a re-execution
+    in another home must ask the LLM exactly what the original run asked."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("train_x", "train_y", "valid_x", "valid_y"):
+    names = ("train_x", "train_y", "valid_x", "valid_y")
+    for name in names:
         np.save(folder / f"{name}.npy", np.asarray(getattr(data, name)))
-    return ", ".join(f"{folder}/{name}.npy" for name in ("train_x", "train_y", "valid_x", "valid_y"))
+    return ", ".join(f"{name}.npy" for name in names) + " in the read-only folder named by the environment variable AGENTNAS_DATA"
 
 
 def run_config(config: Config, data: TaskData, task_ref: str, phases: tuple[int, ...], llm: str | None,

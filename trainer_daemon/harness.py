@@ -143,7 +143,9 @@ def peak_memory_mb(device: torch.device, baseline_bytes: int) -> float:
 
 def build_model(source: str, eval_id: str) -> nn.Module:
     """Exec `source` in a fresh module and instantiate its Architecture."""
-    filename = f"<candidate {eval_id}>"
+    # Not named after the eval id: tracebacks are fed back to the LLM, and a re-execution
+    # (new run id, new eval ids) must ask exactly what the original run asked.
+    filename = "<candidate>"
     # lets tracebacks quote the candidate's own lines
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType("agentnas_candidate")

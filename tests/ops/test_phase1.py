@@ -1,0 +1,174 @@
+"""Phase 1 end to end through real NATS, recorder, trainer and agent processes.
+
+The LLM is the local fake provider server answering from a checked-in transcript
+(tests/fixtures/phase1_addigits_script.json) through the real Anthropic SDK: the planner
+explores, the explorer runs code and reports, two experiment batches follow (one proposal
+fails validation and is fixed on retry, one fails for good and uses budget without
+touching patience), the planner stops, wave 1 trains, the seed is selected. The planner is
+killed with SIGKILL between batches and must carry on without repeating an LLM call.
+Then the run is re-executed from its log with no provider at all.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from agentnas.agents.replay import export_jsonl
+from agentnas.store.log import EventLog
+from agentnas.store.projection import load_run_state
+from tests.conftest import REPO, agentnas_cmd
+from tests.fakes.llm_server import fake_llm
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SCRIPT = json.loads((REPO / "tests/fixtures/phase1_addigits_script.json").read_text())
+
+
+def write_config(path, base_url=""):
+    path.write_text(
+        "[llm]\nprovider = 'anthropic'\nmodel = 'claude-sonnet-4-6'\n"
+        f"base_url = '{base_url}'\nmax_retries = 1\n"
+        "[phase1]\nbudget = 10\nn_parallel = 2\ncode_retries = 1\n"
+        "[trainer]\nconcurrency = 2\n")
+    return path
+
+
+def events(home, run_id=None):
+    conn = sqlite3.connect(home / "events.sqlite")
+    query = "SELECT run_id, kind, sender, payload FROM events"
+    rows = conn.execute(query + (" WHERE run_id = ?" if run_id else "") + " ORDER BY seq", (run_id,) if run_id else ()).fetchall()
+    conn.close()
+    return [(r, k, json.loads(s)["agent"], json.loads(p)) for r, k, s, p in rows]
+
+
+def the_run(home):
+    (run_id,) = {r for r, k, _, _ in events(home) if k == "run.requested"}
+    return run_id
+
+
+def kill_planner_after_first_batch(home, proc):
+    """Wait for batch 1, then SIGKILL the planner process (the supervisor restarts it)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            rows = events(home)
+        except sqlite3.OperationalError:
+            rows = []
+        if any(k == "experiment.proposed" for _, k, _, _ in rows):
+            (pid,) = [p["pid"] for _, k, _, p in rows if k == "agent.started" and p["role"] == "planner"][:1]
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        time.sleep(0.2)
+    raise AssertionError("no experiment batch appeared")
+
+
+def run_cli(home, config, *args, env=None, timeout=600, during=None):
+    proc = subprocess.Popen(agentnas_cmd("--home", str(home), "--config", str(config), "run", "addigits", *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    extra = during(home, proc) if during else None
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err, extra
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    home = tmp_path_factory.mktemp("phase1")
+    with fake_llm(SCRIPT, key="test-key") as server:
+        config = write_config(home / "agentnas.toml", server.base_url)
+        code, out, err, killed = run_cli(home, config, "--llm", "anthropic", env={"ANTHROPIC_API_KEY": "test-key"},
+                                         during=kill_planner_after_first_batch)
+        calls, errors, left = len(server.calls()), list(server.errors), server.remaining()
+    return {"home": home, "code": code, "out": out, "err": err, "killed": killed, "calls": calls,
+            "errors": errors, "left": left, "run_id": the_run(home)}
+
+
+def test_phase1_runs_end_to_end(recorded):
+    assert recorded["code"] == 0, recorded["out"][-3000:] + recorded["err"][-3000:]
+    home, run_id = recorded["home"], recorded["run_id"]
+    rows = events(home, run_id)
+    kinds = [k for _, k, _, _ in rows]
+    payloads = {k: [p for _, kk, _, p in rows if kk == k] for k in set(kinds)}
+    # explore first, with code run in the sandbox, then a report
+    assert kinds.index("exploration.requested") < kinds.index("exploration.stepped") < kinds.index("exploration.reported")
+    assert "counts" in payloads["exploration.stepped"][0]["output"]
+    # batch 1: arch_001 fixed on retry, arch_002 failed for good; batch 2: arch_003
+    implemented = {p["arch_id"]: p["attempts"] for p in payloads["architecture.implemented"]}
+    assert implemented == {"arch_001": 2, "arch_003": 1}
+    (rejected,) = payloads["architecture.rejected"]
+    assert rejected["arch_id"] == "arch_002" and rejected["attempts"] == 2
+    validations = [p for p in payloads["evaluation.completed"] if p["request"] == "validate"]
+    assert any(p["status"] == "rejected" and "(8, 10) != expected (8, 28)" in p["reason"] for p in validations)
+    # budget counts the rejected architecture, patience does not
+    proxies = [p for p in payloads["evaluation.completed"] if p["request"] == "proxy"]
+    assert sorted(p["arch_id"] for p in proxies) == ["arch_001", "arch_003"]
+    assert {p["status"] for p in proxies} == {"ok"}
+    (stopped,) = payloads["phase.stopped"]
+    assert stopped["arch_ids"] == ["arch_003", "arch_001"]
+    wave1 = [p for p in payloads["evaluation.completed"] if p["request"] == "final_wave1"]
+    assert sorted(p["arch_id"] for p in wave1) == ["arch_001", "arch_003"]
+    (seed,) = payloads["seed.selected"]
+    best = min(wave1, key=lambda p: p["val_metric"])
+    assert seed["arch_id"] == best["arch_id"] and seed["val_metric"] == best["val_metric"]
+    assert "class Architecture" in seed["source"] and seed["recipe"]["epochs"] == 4
+    assert kinds[-1] == "run.finished"
+    assert len(payloads["batch.summarized"]) == 3
+    # every LLM call recorded in full, caused events cite the answer
+    responses = payloads["llm.responded"]
+    assert len(payloads["llm.requested"]) == len(responses) == len(SCRIPT)
+    assert all(r["input_tokens"] > 0 and r["output_tokens"] > 0 and r["cost_usd"] > 0 for r in responses)
+
+
+def test_killed_planner_repeated_no_call_and_lost_nothing(recorded):
+    assert recorded["killed"], "the planner was never killed"
+    assert recorded["errors"] == [] and recorded["left"] == 0 and recorded["calls"] == len(SCRIPT)
+    rows = events(recorded["home"], recorded["run_id"])
+    restarts = [p for _, k, _, p in events(recorded["home"], "_system") if k == "service.restarted" and p["service"] == "planner"]
+    assert restarts, "the supervisor did not restart the planner"
+    completed = [p["eval_id"] for _, k, _, p in rows if k == "evaluation.completed"]
+    assert len(completed) == len(set(completed))
+    requested = {p["eval_id"] for _, k, _, p in rows if k == "evaluation.requested"}
+    assert requested == set(completed)
+    with EventLog(recorded["home"] / "events.sqlite", readonly=True) as log:
+        state = load_run_state(log, recorded["run_id"])
+    assert state.status == "finished" and state.phase_counters[1].budget_used == 2  # proxies; + 1 rejected in Phase 1's own count
+
+
+def test_audit_shows_the_decisions(recorded):
+    out = subprocess.run(agentnas_cmd("--home", str(recorded["home"]), "audit", recorded["run_id"], "--agent", "planner"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "EXPLORE" in out.stdout and "experiment.proposed" in out.stdout and "STOP" in out.stdout
+
+
+def test_replay_makes_no_provider_call_and_reaches_the_same_seed(recorded, tmp_path):
+    source = recorded["home"] / "events.sqlite"
+    config = write_config(tmp_path / "agentnas.toml", "http://127.0.0.1:9")  # nothing listens there
+    code, out, err, _ = run_cli(tmp_path / "home", config, "--llm", f"replay:{source}#{recorded['run_id']}",
+                                env={"ANTHROPIC_API_KEY": ""})
+    assert code == 0, out[-3000:] + err[-3000:]
+    original = [p for _, k, _, p in events(recorded["home"], recorded["run_id"]) if k == "seed.selected"][0]
+    replayed_run = the_run(tmp_path / "home")
+    rows = events(tmp_path / "home", replayed_run)
+    replayed = [p for _, k, _, p in rows if k == "seed.selected"][0]
+    assert (replayed["arch_id"], replayed["val_metric"]) == (original["arch_id"], original["val_metric"])
+    assert {p["provider"] for _, k, _, p in rows if k == "llm.requested"} == {"replay"}
+
+
+def test_tampered_transcript_is_caught_as_a_divergence(recorded, tmp_path):
+    transcript = tmp_path / "run.jsonl"
+    export_jsonl(recorded["home"] / "events.sqlite", recorded["run_id"], transcript)
+    lines = [json.loads(line) for line in transcript.read_text().splitlines()]
+    first_planner = next(c for c in lines if c["agent"] == "planner")
+    first_planner["request"]["messages"][-1]["content"] += " (edited)"
+    transcript.write_text("\n".join(json.dumps(c) for c in lines) + "\n")
+    config = write_config(tmp_path / "agentnas.toml", "http://127.0.0.1:9")
+    code, out, err, _ = run_cli(tmp_path / "home", config, "--llm", f"replay:{transcript}", env={"ANTHROPIC_API_KEY": ""},
+                                timeout=300)
+    assert code == 1
+    text = out + err
+    assert "diverge" in text.lower() and "planner" in text
