@@ -172,3 +172,69 @@ def test_tampered_transcript_is_caught_as_a_divergence(recorded, tmp_path):
     assert code == 1
     text = out + err
     assert "diverge" in text.lower() and "planner" in text
+
+
+def tiny_task(folder):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 256), ("valid", 128), ("test", 128)):
+        x = rng.normal(size=(n, 3, 8, 8)).astype(np.float32)
+        np.save(folder / f"{split}_x.npy", x)
+        np.save(folder / f"{split}_y.npy", (x[:, 0].mean(axis=(1, 2)) > 0).astype(np.int64))
+    files = "\n".join(f'{s}_{v} = "{s}_{v}.npy"' for s in ("train", "valid", "test") for v in "xy")
+    toml = folder / "tiny.toml"
+    toml.write_text('name = "tiny"\ninput_shape = [3, 8, 8]\noutput_shape = [2]\nloss = "cross_entropy"\n'
+                    f'metric = "error_pct"\n[files]\n{files}\n')
+    return toml
+
+
+def test_rule_based_planner_runs_phase1_without_an_llm(tmp_path):
+    task = tiny_task(tmp_path)
+    config = tmp_path / "agentnas.toml"
+    config.write_text("[phase1]\nn_parallel = 2\ntop_k_full = 2\n[trainer]\nconcurrency = 2\n")
+    env = {k: v for k, v in os.environ.items() if "ANTHROPIC" not in k and "OPENAI" not in k}
+    result = subprocess.run(agentnas_cmd("--home", str(tmp_path / "home"), "--config", str(config), "run", str(task),
+                                         "--llm", "none", "--budget", "3"),
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_id = the_run(tmp_path / "home")
+    rows = events(tmp_path / "home", run_id)
+    kinds = [k for _, k, _, _ in rows]
+    assert not any(k.startswith("llm.") for k in kinds)
+    proposals = [a["arch_id"] for _, k, _, p in rows if k == "experiment.proposed" for a in p["proposals"]]
+    assert len(proposals) == 3 and all(a.startswith("arch_") for a in proposals)
+    (stopped,) = [p for _, k, _, p in rows if k == "phase.stopped"]
+    assert stopped["reason"].startswith("budget")
+    assert len([p for _, k, _, p in rows if k == "evaluation.completed" and p["request"] == "final_wave1"]) == 2
+    assert "seed.selected" in kinds and kinds[-1] == "run.finished"
+
+
+def test_bad_run_requests_are_one_line_errors(tmp_path):
+    def cli(*args, env=None):
+        return subprocess.run(agentnas_cmd("--home", str(tmp_path), *args), capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **(env or {})})
+
+    for args, fragment in [
+        (("run", "nope", "--llm", "none"), "unknown task 'nope'"),
+        (("run", "addigits", "--phases", "2"), "only --phases 1"),
+        (("run", "addigits", "--llm", "none", "--budget", "0"), "--budget must be at least 1"),
+        (("run", "addigits", "--llm", "replay:/no/such/log.sqlite"), "/no/such/log.sqlite"),
+    ]:
+        result = cli(*args)
+        assert result.returncode == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+    missing_key = cli("run", "addigits", "--llm", "anthropic", env={"ANTHROPIC_API_KEY": ""})
+    assert missing_key.returncode == 2 and "ANTHROPIC_API_KEY" in missing_key.stderr
+
+
+def test_invalid_key_and_unknown_model_fail_before_any_training(tmp_path):
+    with fake_llm([], key="right-key") as server:
+        config = write_config(tmp_path / "agentnas.toml", server.base_url)
+        for model, key, fragment in [("claude-sonnet-4-6", "wrong-key", "refused (401)"),
+                                     ("claude-imaginary-9", "right-key", "unknown model 'claude-imaginary-9'")]:
+            result = subprocess.run(agentnas_cmd("--home", str(tmp_path / "home"), "--config", str(config), "run", "addigits",
+                                                 "--llm", f"anthropic:{model}"),
+                                    capture_output=True, text=True, timeout=60, env={**os.environ, "ANTHROPIC_API_KEY": key})
+            assert result.returncode == 2 and fragment in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "home" / "events.sqlite").exists()  # nothing started, nothing trained
