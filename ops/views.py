@@ -43,6 +43,10 @@ def render_state(console: Console, state: RunState) -> None:
             f"phase {phase}: budget used {c.budget_used}, ok {c.successes}, failed {c.failures}, "
             f"since improvement {c.since_improvement}, best {c.best_val}"
         )
+    if state.stopped:
+        console.print(f"search stopped: {state.stopped}")
+    if state.seed_arch:
+        console.print(f"seed: {state.seed_arch} (wave-1 validation {state.seed_val_metric:.4g})")
     if state.llm_calls:
         console.print(
             f"LLM calls {state.llm_calls} (errors {state.llm_errors}), tokens in {state.input_tokens} "

@@ -70,6 +70,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     output_tokens: int = 0
     cost_usd: float = 0.0
     rejected_messages: int = 0
+    stopped: str = ""  # why the search phase stopped
+    seed_arch: str = ""
+    seed_val_metric: float | None = None
 
 
 def _replace(state: RunState, **changes) -> RunState:
@@ -187,6 +190,16 @@ def fold(state: RunState, env: m.Envelope) -> RunState:
             )
         case m.MessageRejected():
             return _replace(state, rejected_messages=state.rejected_messages + 1)
+        case m.ArchitectureRejected():
+            # never validated: uses budget like a failed evaluation, leaves patience alone
+            counters = state.phase_counters.get(1, PhaseCounters())
+            counters = msgspec.structs.replace(counters, budget_used=counters.budget_used + 1,
+                                               failures=counters.failures + 1)
+            return _replace(state, phase_counters={**state.phase_counters, 1: counters})
+        case m.PhaseStopped(reason=reason):
+            return _replace(state, stopped=reason)
+        case m.SeedSelected(arch_id=arch_id, val_metric=val):
+            return _replace(state, seed_arch=arch_id, seed_val_metric=val)
         case _:
             return state
 

@@ -112,3 +112,16 @@ def test_state_from_log_equals_state_from_events(tmp_path):
     with EventLog(tmp_path / "l.sqlite") as log:
         log.append(events)
         assert load_run_state(log, "r1") == replay("r1", events)
+
+
+def test_rejected_architectures_use_budget_and_seed_is_shown():
+    state = replay("r1", [
+        done("e1", val=4.0),
+        ev(m.ArchitectureRejected(arch_id="arch_002", reason="never validated", attempts=11)),
+        done("e2", val=5.0),
+        ev(m.PhaseStopped(phase=1, reason="planner chose STOP", arch_ids=["arch_001"])),
+        ev(m.SeedSelected(arch_id="arch_001", source="s", recipe={}, val_metric=3.5, eval_id="w")),
+    ])
+    c = state.phase_counters[1]
+    assert (c.budget_used, c.failures, c.since_improvement) == (3, 1, 1)
+    assert (state.stopped, state.seed_arch, state.seed_val_metric) == ("planner chose STOP", "arch_001", 3.5)
