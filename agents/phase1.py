@@ -82,6 +82,10 @@ class Phase1State(msgspec.Struct, frozen=True, kw_only=True):
     dialogues: dict[str, tuple[tuple[str, str], ...]] = {}
     pending_calls: dict[str, tuple[str, str]] = {}  # call_id -> (agent, prompt)
     consumed: dict[str, int] = {}  # agent -> dialogue turns already acted upon by its events
+    # the run's LLM spending so far, all agents together: token and cost caps apply to the run
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
 
     def unconsumed(self, agent: str) -> tuple[tuple[str, str], ...]:
         """Answered turns the agent has not acted upon yet (it died in between)."""
@@ -177,6 +181,10 @@ def fold(state: Phase1State, env: m.Envelope) -> Phase1State:
             prompt = str(users[-1].get("content", "")) if users else ""
             return _replace(state, pending_calls={**state.pending_calls, call_id: (agent, prompt)})
         case m.LlmResponded(call_id=call_id, content=content, error=error) if call_id in state.pending_calls:
+            payload = env.payload
+            state = _replace(state, input_tokens=state.input_tokens + payload.input_tokens,
+                             output_tokens=state.output_tokens + payload.output_tokens,
+                             cost_usd=state.cost_usd + payload.cost_usd)
             agent, prompt = state.pending_calls[call_id]
             pending = {k: v for k, v in state.pending_calls.items() if k != call_id}
             if error:

@@ -95,7 +95,8 @@ class AgentService:
             from agentnas.agents.replay import ReplaySource
 
             self._replay = ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)
-        return make_client(settings, agent, emit, Ledger.for_settings(settings), replay=self._replay)
+        ledger = Ledger.for_settings(settings, ctx.latest_state())  # caps count the whole run's spending
+        return make_client(settings, agent, emit, ledger, replay=self._replay)
 
     def on_event(self, env: m.Envelope) -> None:
         self.unseen.discard(env.id)
@@ -146,6 +147,17 @@ class AgentService:
             self.in_flight.pop(work.key, None)
             self._wake.set()
 
+    async def _heartbeat(self, stop: asyncio.Event, every_s: float = 15.0) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(every_s)
+            busy = sorted(self.in_flight)
+            try:
+                await publish(self.js, m.make_event(
+                    m.AgentHeartbeat(role=self.role.name, busy=bool(busy), detail=", ".join(busy)[:300]),
+                    run_id=subjects.SYSTEM_RUN, sender=self.sender))
+            except Exception as exc:  # the bus may be away for a moment; the next beat will tell
+                log.warning("heartbeat not published", error=str(exc))
+
     async def _decisive_failure(self, context: Context, exc: Exception) -> bool:
         """Failures that retrying cannot fix end the phase or the run at once, with the reason."""
         from agentnas.agents.llm import BudgetExceeded
@@ -180,6 +192,7 @@ class AgentService:
         if ready is not None:
             ready.set()
         log.info("agent started", role=self.role.name)
+        heartbeat = asyncio.create_task(self._heartbeat(stop))
         while not stop.is_set():
             try:
                 msg = await asyncio.wait_for(queue.get(), timeout=0.5)
@@ -197,6 +210,7 @@ class AgentService:
                 self.caught_up = True
             if queue.empty():
                 self.dispatch()
+        heartbeat.cancel()
         await sub.unsubscribe()
         for task in self.in_flight.values():
             task.cancel()

@@ -90,6 +90,19 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def run_service(serve) -> None:
+    """Run `serve(stop)` until SIGINT/SIGTERM sets `stop` (every service command does this)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(main())
+
+
 # --- up and services -----------------------------------------------------------------------
 
 
@@ -117,15 +130,7 @@ def recorder(
 
     c: Context = ctx.obj
     prepare_home(c.home)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await record(nats_url, log_file(c.home), bus=c.config.bus, stop=stop)
-
-    asyncio.run(main())
+    run_service(lambda stop: record(nats_url, log_file(c.home), bus=c.config.bus, stop=stop))
 
 
 @app.command()
@@ -144,16 +149,8 @@ def trainer(
     prepare_home(c.home)
     device = parse_device(device)
     k = concurrency or c.config.trainer.concurrency or default_concurrency(device)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(nats_url, c.home, device=device, concurrency=k, config=c.config.trainer, bus=c.config.bus,
-                    stop=stop, warm_tasks=tuple(warm or ()))
-
-    asyncio.run(main())
+    run_service(lambda stop: serve(nats_url, c.home, device=device, concurrency=k, config=c.config.trainer,
+                                   bus=c.config.bus, stop=stop, warm_tasks=tuple(warm or ())))
 
 
 @app.command("check-model")
@@ -230,15 +227,7 @@ def agent(
         config = msgspec.structs.replace(config, agents=msgspec.structs.replace(config.agents, **{role: impl}))
     cls = role_class(config, role)
     prepare_home(c.home)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve_role(cls, nats_url, config, c.home, stop=stop)
-
-    asyncio.run(main())
+    run_service(lambda stop: serve_role(cls, nats_url, config, c.home, stop=stop))
 
 
 @app.command()

@@ -17,6 +17,7 @@ from agentnas.bus.publish import publish
 from agentnas.ops.home import log_file
 from agentnas.ops.up import run_system
 from agentnas.store.log import EventLog, LogError, row_to_envelope
+from agentnas.trainer_daemon.devices import default_concurrency, default_devices, parse_device
 from agentnas.trainer_daemon.tasks import TaskData, load_task
 
 SENDER = m.Sender(agent="cli")
@@ -120,6 +121,12 @@ async def run_pipeline(config: Config, home: Path, config_path: str | None, task
                        console: Console) -> str:
     data = load_task(task_ref)
     run_id = new_run_id(data.spec.name)
+    if not config.phase1.n_parallel:
+        # "as many proposals as free trainer slots": the slots this command starts, fixed in the
+        # run's configuration so that a re-execution asks the planner for the same number
+        slots = sum(config.trainer.concurrency or default_concurrency(parse_device(d))
+                    for d in config.trainer.devices or default_devices())
+        config = msgspec.structs.replace(config, phase1=msgspec.structs.replace(config.phase1, n_parallel=slots))
     data_dir = home / "data" / run_id
     data_paths = export_for_explorer(data, data_dir)
     payload = m.RunRequested(task=task_ref, phases=phases,

@@ -59,10 +59,9 @@ async def test_kill_9_of_a_child_is_followed_by_a_restart_and_an_event(tmp_path)
 def test_sigterm_stops_everything_cleanly(tmp_path):
     home = tmp_path / "home"
     up = subprocess.Popen(agentnas_cmd("--home", str(home), "up"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not (home / "bus.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not [p for k, p in kinds_of(home / "events.sqlite") if k == "agent.started"]:
+        time.sleep(0.1)
     t0 = time.monotonic()
     up.send_signal(signal.SIGTERM)
     out, _ = up.communicate(timeout=15)
