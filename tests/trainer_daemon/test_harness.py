@@ -381,3 +381,30 @@ def test_plateau_reduces_after_patience():
     plateau.step(math.nan)
     plateau.step(0.1)
     assert plateau.scale == 0.5 and plateau.best == 0.1
+
+
+@pytest.mark.parametrize("task_name", ["addigits", "multdigits", "digitwave", "digitsmooth"])
+@pytest.mark.parametrize("request_kind", ["validate", "proxy", "final_wave1", "final_wave2"])
+def test_every_request_kind_on_every_builtin_task(task_name, request_kind, tmp_path):
+    from agentnas.trainer_daemon import harness
+    from agentnas.trainer_daemon.tasks import load_task
+
+    data = load_task(task_name)
+    spec = data.spec
+    source = harness._WARM_UP_SOURCE.format(input_shape=tuple(spec.input_shape), output_shape=tuple(spec.output_shape))
+    job = harness.Job(eval_id=f"{task_name}-{request_kind}", request=request_kind, model_source=source,
+                      recipe={"epochs": 2, "batch_size": 256, "lr": 0.003}, weights_dir=str(tmp_path))
+    progress = []
+    result = harness.run_job(job, data, "cpu", progress.append)
+    assert result.status == "ok", (result.reason, result.traceback[-500:])
+    assert result.params and result.flops and result.metric_name == spec.metric
+    if request_kind == "validate":
+        assert result.epochs_done == 0 and result.val_metric is None
+    elif request_kind == "proxy":
+        assert result.epochs_done == 1 and len(progress) == 1 and result.val_metric is not None  # max(1, round(0.6))
+    elif request_kind == "final_wave1":
+        assert result.epochs_done == 2 and result.best_epoch in (1, 2) and result.weights_path
+    else:
+        assert result.test_metric is not None and result.val_metric is None and result.weights_path
+    for metric in (result.val_metric, result.test_metric):
+        assert metric is None or (metric >= 0 and math.isfinite(metric))
