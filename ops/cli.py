@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import msgspec
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from agentnas.bus import messages, subjects
 from agentnas.bus.config import Config, ConfigError, config_to_toml, load_config, resolve_home
@@ -300,8 +300,11 @@ def audit(
 def runs(ctx: typer.Context) -> None:
     """List the runs in the log."""
     with _open_log(ctx.obj) as event_log:
-        table = Table("run", "status", "events", "started", "last event")
-        for r in event_log.runs():
+        summaries = event_log.runs()
+        table = Table("status", "events", "started", "last event")
+        # run ids are copied into other commands: never shorten them
+        table.columns.insert(0, Column("run", no_wrap=True, min_width=max((len(r.run_id) for r in summaries), default=3)))
+        for r in summaries:
             table.add_row(r.run_id, r.status or "-", str(r.n_events), _when(r.first_time), _when(r.last_time))
         console.print(table)
 

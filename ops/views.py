@@ -35,13 +35,13 @@ def render_state(console: Console, state: RunState) -> None:
         console.print(f"task {state.task}, phases {', '.join(map(str, state.phases))}")
     console.print(
         f"events {state.n_events}; evaluations requested {state.evals_requested}, "
-        f"in flight {len(state.in_flight)}, completed {len(state.completed)} "
-        + (", ".join(f"{k} {v}" for k, v in sorted(state.evals_by_status.items())) or "")
+        f"in flight {len(state.in_flight)}, completed {len(state.completed)}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(state.evals_by_status.items())) + ")" if state.evals_by_status else "")
     )
     for phase, c in sorted(state.phase_counters.items()):
         console.print(
             f"phase {phase}: budget used {c.budget_used}, ok {c.successes}, failed {c.failures}, "
-            f"since improvement {c.since_improvement}, best {c.best_val}"
+            f"since improvement {c.since_improvement}, best " + ("-" if c.best_val is None else f"{c.best_val:.4g}")
         )
     if state.stopped:
         console.print(f"search stopped: {state.stopped}")
