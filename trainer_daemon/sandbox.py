@@ -1,12 +1,17 @@
-"""Single-use sandboxed worker processes for evaluation jobs, kept warm.
+"""Sandboxed worker processes for evaluation jobs, kept warm.
 
 A worker (worker.py) is a child process in its own process group, with an
 allow-listed environment (no API keys), a fresh scratch folder as cwd and
 HOME, resource limits, an audit hook and, where the OS allows, no network. It
 imports torch and loads the task before it says "ready", so a job starts in
-well under a second; it runs exactly one job and exits. The pool keeps
-`spares` such workers started, enforces a wall-clock deadline by killing the
-whole process group, and turns every way a worker can end into a JobResult:
+well under a second; it runs exactly one job and exits. On CPU (fork mode,
+the default there) a worker is instead a zygote that stays clean and forks a
+sandboxed child per job, job after job, so a job pays for no process start;
+CUDA does not survive a fork, so other devices keep single-use workers. The
+pool keeps `spares` such workers started, enforces a wall-clock deadline by
+killing the whole process group (and the child's), and turns every way a job
+can end into a JobResult (in fork mode from the child's exit status, which the
+zygote reports):
 
 - a result line from the worker -> that result (an allocation failure
   reported as "error" becomes "oom");
@@ -42,6 +47,7 @@ WALL_FACTOR = 2.0  # the job's device-time cap leaves out evaluation and data ha
 WALL_GRACE_S = 300.0
 STARTUP_TIMEOUT_S = 600.0
 RESULT_EXIT_GRACE_S = 2.0  # after a result line the worker exits by itself; then it is killed
+FORK_FINISH_GRACE_S = 30.0  # after a result line a zygote reports the child's end and is ready again
 PROTO_LINE_LIMIT = 2**20
 
 # The only variables a worker inherits (HOME, TMPDIR and the thread counts are set, not inherited).
@@ -110,6 +116,7 @@ class _Worker:
     tail: _Tail
     drain: asyncio.Task[None]
     hello: dict[str, Any] = dataclasses.field(default_factory=dict)
+    job_pid: int | None = None  # fork mode: the child running the current job
 
 
 @dataclasses.dataclass
@@ -119,6 +126,11 @@ class _Outcome:
     progress: dict[str, Any] = dataclasses.field(default_factory=dict)
     timed_out: bool = False
     protocol_error: str = ""
+    tail: _Tail | None = None  # fork mode: this job's output (a zygote outlives many jobs)
+    started: bool = False  # fork mode: the zygote forked a child for the job
+    threads: int | None = None  # fork mode: the zygote's threads when it forked
+    returncode: int | None = None  # fork mode: the child's exit status
+    reusable: bool = False  # fork mode: the zygote said "ready" again
 
 
 async def _drain(stream: asyncio.StreamReader, tail: _Tail) -> None:
@@ -126,11 +138,20 @@ async def _drain(stream: asyncio.StreamReader, tail: _Tail) -> None:
         tail.feed(chunk)
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the worker leads its own group (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _kill_group(worker: _Worker) -> None:
+    """The worker leads its own group (start_new_session); a forked child leads another."""
+    for group in (worker.proc.pid, worker.job_pid):
+        if group is not None:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _ready(worker: _Worker) -> asyncio.Future[_Worker]:
+    future: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+    future.set_result(worker)
+    return future
 
 
 def _looks_oom(text: str) -> bool:
@@ -143,14 +164,18 @@ def _last_line(text: str) -> str:
 
 
 class WorkerPool:
-    """Keeps `spares` sandboxed workers ready for `task_ref` on `device`; each serves one job.
+    """Keeps `spares` sandboxed workers ready for `task_ref` on `device`.
 
+    With `fork` (the default on "cpu"; never on other devices, since CUDA does
+    not survive a fork) each worker is a zygote that forks one sandboxed child
+    per job and serves job after job; otherwise each worker serves one job.
     `unsafe_disable` (test only) names walls the workers leave off: "gate",
     "audit_hook". It exists so the tests can show each remaining wall alone.
     """
 
     def __init__(self, task_ref: str, device: str, *, spares: int, limits: Limits, scratch_root: Path,
-                 python: str = sys.executable, unsafe_disable: frozenset[str] = frozenset()) -> None:
+                 python: str = sys.executable, unsafe_disable: frozenset[str] = frozenset(),
+                 fork: bool | None = None) -> None:
         unknown = set(unsafe_disable) - {"gate", "audit_hook"}
         if unknown:
             raise ValueError(f"unknown walls to disable: {sorted(unknown)}")
@@ -158,8 +183,10 @@ class WorkerPool:
         self._spare_count, self._python = spares, python
         self._scratch_root = Path(scratch_root)
         self._unsafe_disable = frozenset(unsafe_disable)
-        self._spares: list[asyncio.Task[_Worker]] = []
+        self._fork = device == "cpu" and fork is not False
+        self._spares: list[asyncio.Future[_Worker]] = []
         self._busy: dict[int, _Worker] = {}
+        self._leased = 0  # runs holding or waiting for a worker; in fork mode their zygotes come back
         self._closed = False
 
     async def __aenter__(self) -> WorkerPool:
@@ -171,7 +198,9 @@ class WorkerPool:
 
     @property
     def running_pids(self) -> list[int]:
-        """Process ids of the workers running a job now."""
+        """Process ids of the processes running a job now (in fork mode the children, not the zygotes)."""
+        if self._fork:
+            return [w.job_pid for w in self._busy.values() if w.job_pid is not None]
         return list(self._busy)
 
     async def start(self) -> None:
@@ -180,31 +209,52 @@ class WorkerPool:
         await asyncio.gather(*self._spares, return_exceptions=True)
 
     async def run(self, job: Job, on_progress: Callable[[dict], Awaitable[None] | None]) -> JobResult:
-        """Run `job` in a fresh worker; every outcome, including the worker's death, is a JobResult."""
+        """Run `job` in a fresh process; every outcome, including the process's death, is a JobResult."""
         from agentnas.trainer_daemon.harness import JobResult
 
         if self._closed:
             raise RuntimeError("WorkerPool is closed")
+        self._leased += 1
         try:
-            worker = await self._take()
-        except WorkerStartError as exc:
-            reason, _, output = str(exc).partition("\n")
-            return JobResult(status="error", reason=f"worker failed to start: {reason}"[:300], traceback=output)
+            for _ in range(3):
+                try:
+                    worker = await self._take()
+                except WorkerStartError as exc:
+                    reason, _, output = str(exc).partition("\n")
+                    return JobResult(status="error", reason=f"worker failed to start: {reason}"[:300],
+                                     traceback=output)
+                outcome = await self._serve(worker, job, on_progress)
+                lost = self._fork and not (outcome.started or outcome.timed_out or outcome.protocol_error)
+                if not lost or self._closed:  # else the zygote died before it forked: not the job's doing
+                    break
+            return self._classify(outcome, worker)
+        finally:
+            self._leased -= 1
+            self._top_up()  # in fork mode: replace a zygote that did not come back
+
+    async def _serve(self, worker: _Worker, job: Job,
+                     on_progress: Callable[[dict], Awaitable[None] | None]) -> _Outcome:
+        """Drive one job on `worker`, then keep the worker (a zygote ready again) or dispose of it."""
         self._busy[worker.proc.pid] = worker
         outcome: _Outcome | None = None
         try:
             outcome = await self._drive(worker, job, on_progress)
         finally:
             del self._busy[worker.proc.pid]
-            finished = outcome is not None and outcome.result is not None  # then it is about to exit
-            await self._dispose(worker, grace_s=RESULT_EXIT_GRACE_S if finished else 0.0)
-        return self._classify(outcome, worker)
+            keep = (outcome is not None and outcome.reusable and not self._closed
+                    and len(self._spares) + self._leased <= self._spare_count)
+            if keep:
+                self._spares.insert(0, _ready(worker))
+            else:
+                finished = outcome is not None and outcome.result is not None  # then it is about to exit
+                await self._dispose(worker, grace_s=RESULT_EXIT_GRACE_S if finished and not self._fork else 0.0)
+        return outcome
 
     async def close(self) -> None:
         """Kill every worker, spare or busy, and remove their scratch folders."""
         self._closed = True
         for worker in self._busy.values():
-            _kill_group(worker.proc)  # their run() disposes of them
+            _kill_group(worker)  # their run() disposes of them
         spares, self._spares = self._spares, []
         for task in spares:
             task.cancel()
@@ -215,7 +265,8 @@ class WorkerPool:
     # ------------------------------------------------------------ workers
 
     def _top_up(self) -> None:
-        while not self._closed and len(self._spares) < self._spare_count:
+        """Start workers up to `spares`; in fork mode zygotes out on a job count, as they come back."""
+        while not self._closed and len(self._spares) + (self._leased if self._fork else 0) < self._spare_count:
             self._spares.append(asyncio.create_task(self._spawn()))
 
     async def _take(self) -> _Worker:
@@ -240,7 +291,7 @@ class WorkerPool:
                 self._python, "-P", "-s", "-m", "agentnas.trainer_daemon.worker",
                 "--task", self._task_ref, "--device", self._device, "--proto-fd", str(write_fd),
                 "--limits", msgspec.json.encode(self._limits).decode(),
-                "--unsafe-disable", ",".join(sorted(self._unsafe_disable)),
+                "--unsafe-disable", ",".join(sorted(self._unsafe_disable)), *(["--fork"] if self._fork else []),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(write_fd,), start_new_session=True, cwd=scratch,
                 env=child_env(os.environ, scratch=scratch, threads=self._limits.threads, device=self._device))
@@ -280,7 +331,7 @@ class WorkerPool:
                 await asyncio.wait_for(worker.proc.wait(), grace_s)
             except TimeoutError:
                 pass
-        _kill_group(worker.proc)  # also any process it managed to start
+        _kill_group(worker)  # also any process it managed to start
         try:
             await asyncio.wait_for(worker.proc.wait(), 30)
         except TimeoutError:
@@ -296,39 +347,83 @@ class WorkerPool:
 
     async def _drive(self, worker: _Worker, job: Job,
                      on_progress: Callable[[dict], Awaitable[None] | None]) -> _Outcome:
-        """Send the job and follow its protocol lines until a result, EOF or the deadline."""
-        from agentnas.trainer_daemon.harness import JobResult
-
-        outcome = _Outcome(deadline_s=wall_timeout_s(self._limits, job.time_cap_s))
+        """Send the job and follow its protocol lines until a result (fork mode: the child's end), EOF
+        or the deadline."""
+        outcome = _Outcome(deadline_s=wall_timeout_s(self._limits, job.time_cap_s),
+                           tail=_Tail(self._limits.output_chars) if self._fork else None)
         try:
-            async with asyncio.timeout(outcome.deadline_s):
+            async with asyncio.timeout(outcome.deadline_s) as clock:
                 stdin = worker.proc.stdin
                 assert stdin is not None
                 stdin.write(msgspec.json.encode(job) + b"\n")
                 await stdin.drain()
-                stdin.close()
+                if not self._fork:
+                    stdin.close()
                 while True:
                     try:
                         line = await worker.proto.readline()
-                        if not line:
-                            break
-                        message = msgspec.json.decode(line)
-                        kind = message["kind"]
-                        payload = message["progress"] if kind == "progress" else message["result"]
-                        if kind == "result":
-                            outcome.result = msgspec.convert(payload, JobResult)
+                        if not line or await self._take_line(worker, outcome, msgspec.json.decode(line),
+                                                             on_progress, clock):
                             break
                     except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
                         outcome.protocol_error = f"{type(exc).__name__}: {exc}"[:200]
                         break
-                    outcome.progress = payload
-                    if inspect.isawaitable(reply := on_progress(payload)):
-                        await reply
         except TimeoutError:
             outcome.timed_out = True
+            if worker.job_pid is not None:
+                await self._reap_child(worker, outcome)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the worker died before it read the job; its exit status says why
         return outcome
+
+    async def _reap_child(self, worker: _Worker, outcome: _Outcome) -> None:
+        """Kill a timed-out child before its zygote, so the zygote reaps it: an orphan would wait
+        for init, and its output so far would be lost."""
+        assert worker.job_pid is not None and outcome.tail is not None
+        try:
+            os.killpg(worker.job_pid, signal.SIGKILL)
+            async with asyncio.timeout(2.0):
+                while line := await worker.proto.readline():
+                    message = msgspec.json.decode(line)
+                    if message.get("kind") == "output":
+                        outcome.tail.feed(str(message["data"]).encode())
+                    elif message.get("kind") == "exit":
+                        worker.job_pid = None
+                        break
+        except (OSError, TimeoutError, ValueError, AttributeError, KeyError):
+            pass  # the zygote is killed next in any case
+
+    async def _take_line(self, worker: _Worker, outcome: _Outcome, message: dict[str, Any],
+                         on_progress: Callable[[dict], Awaitable[None] | None], clock: asyncio.Timeout) -> bool:
+        """Act on one protocol line; True when the job is over. A zygote adds started/output/exit/ready."""
+        from agentnas.trainer_daemon.harness import JobResult
+
+        kind = message["kind"]
+        if kind == "progress" and outcome.result is None:
+            outcome.progress = message["progress"]
+            if inspect.isawaitable(reply := on_progress(outcome.progress)):
+                await reply
+        elif kind == "result" and outcome.result is None:
+            outcome.result = msgspec.convert(message["result"], JobResult)
+            if not self._fork:
+                return True
+            finish_by = asyncio.get_running_loop().time() + FORK_FINISH_GRACE_S
+            clock.reschedule(min(clock.when() or finish_by, finish_by))
+        elif not self._fork or kind not in ("started", "output", "exit"):
+            if kind not in ("progress", "result"):
+                raise KeyError(f"unexpected line kind {kind!r}")
+        elif kind == "started":
+            worker.job_pid, outcome.started = int(message["pid"]), True
+            outcome.threads = int(message["threads"])
+        elif kind == "output":
+            assert outcome.tail is not None
+            outcome.tail.feed(str(message["data"]).encode())
+        else:  # "exit": the child is gone; the zygote removes its scratch folder and says ready
+            outcome.returncode, worker.job_pid = int(message["returncode"]), None
+            ready = msgspec.json.decode(await worker.proto.readline() or b"{}")
+            outcome.reusable = isinstance(ready, dict) and ready.get("kind") == "ready"
+            return True
+        return False
 
     def _classify(self, outcome: _Outcome, worker: _Worker) -> JobResult:
         from agentnas.trainer_daemon.harness import JobResult
@@ -337,9 +432,13 @@ class WorkerPool:
         if result is not None:
             if result.status == "error" and _looks_oom(f"{result.reason}\n{result.traceback}"):
                 result = msgspec.structs.replace(result, status="oom")
+            if outcome.threads not in (None, 1):  # then OpenMP in the child may hang or misbehave
+                result = msgspec.structs.replace(result, warnings=[
+                    *result.warnings, f"sandbox: the zygote had {outcome.threads} threads when it forked"])
             return result
-        output = worker.tail.text(self._limits.output_chars)
-        rc = worker.proc.returncode
+        tail = outcome.tail if outcome.tail is not None else worker.tail
+        output = tail.text(self._limits.output_chars)
+        rc = outcome.returncode if outcome.returncode is not None else worker.proc.returncode
         if outcome.timed_out:
             status, reason = "timeout", f"wall-clock limit of {outcome.deadline_s:g} s exceeded; process group killed"
         elif outcome.protocol_error:

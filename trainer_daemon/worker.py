@@ -19,6 +19,13 @@ and it goes, in order:
 6. write {"kind": "result"} and leave through os._exit, so no code of the
    candidate runs at interpreter exit.
 
+With --fork (CPU only) the process is a zygote instead: it does step 2 with
+one intra-op thread and says "ready" with no walls of its own; for each job
+line it forks a child that does steps 1 and 3-6 (in a scratch subfolder, a
+process group of its own), relays the child's protocol lines and output,
+reports {"kind": "started"} and {"kind": "exit", "returncode"}, removes the
+child's folder and says "ready" again.
+
 Protocol lines travel on a pipe of their own (--proto-fd). stdout and stderr
 belong to the candidate and are captured and truncated by the pool, so a
 candidate that prints cannot forge a result. (Code that got past both the
@@ -36,7 +43,11 @@ import ctypes
 import os
 import re
 import resource
+import selectors
+import shutil
+import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from typing import IO, Any
@@ -50,6 +61,7 @@ CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 AS_HEADROOM_MB = 1024  # room above the warm process for lazy imports, thread stacks, allocator slack
 CPU_HARD_GRACE_S = 5  # SIGXCPU at the soft limit, SIGKILL this much later
+LINE_LIMIT = 2**20  # the longest protocol line a forked child may send (the pool's limit too)
 
 # Audit events refused outright once the candidate may run.
 BLOCKED_EVENTS = frozenset({
@@ -286,7 +298,8 @@ def close_in(weights_dir: str, namespaces: dict[str, bool], *, audit_hook: bool)
     return warnings
 
 
-def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool]) -> None:
+def _warm(args: argparse.Namespace) -> tuple[Any, Any, Limits]:
+    """Trusted start-up: torch, the harness, the task data and a warm-up job. Returns (harness, data, limits)."""
     import torch  # warm: this import is most of a worker's start time
 
     from agentnas.trainer_daemon import harness
@@ -294,13 +307,15 @@ def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool
 
     data = load_task(args.task)
     limits = msgspec.json.decode(args.limits, type=Limits)
-    torch.set_num_threads(limits.threads)
+    torch.set_num_threads(1 if args.fork else limits.threads)  # a zygote forks: no OpenMP pool then
     harness.warm_up(data, args.device)  # trusted; moves torch's lazy start-up before "ready"
-    walls: dict[str, Any] = {**namespaces, **apply_limits(limits, args.device)}
-    disabled = set(filter(None, args.unsafe_disable.split(",")))
-    send(proto, "ready", pid=os.getpid(), walls=walls, disabled=sorted(disabled))
+    return harness, data, limits
 
-    job = msgspec.json.decode(sys.stdin.buffer.readline(), type=harness.Job)
+
+def run_one(line: bytes, proto: IO[bytes], harness: Any, data: Any, device: str,
+            namespaces: dict[str, bool], disabled: set[str]) -> None:
+    """Close the walls around one job, gate it, run it and send its result (in a sandboxed process)."""
+    job = msgspec.json.decode(line, type=harness.Job)
     warnings = close_in(job.weights_dir, namespaces, audit_hook="audit_hook" not in disabled)
     if "gate" not in disabled:
         from agentnas.trainer_daemon.gate import check_source
@@ -311,22 +326,178 @@ def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool
                                                            traceback="\n".join(reasons), warnings=warnings))
             return
     try:
-        result = harness.run_job(job, data, args.device, lambda progress: send(proto, "progress", progress=progress))
+        result = harness.run_job(job, data, device, lambda progress: send(proto, "progress", progress=progress))
     except BaseException as exc:  # the harness should not raise, but a candidate's code may escape it
         result = _crash_result(harness.JobResult, exc)
     result = msgspec.structs.replace(result, warnings=[*result.warnings, *warnings])
     send(proto, "result", result=result)
 
 
-def _die_with_parent() -> None:
-    """A worker outlives a killed daemon otherwise (it has its own session): ask the kernel
-    to SIGKILL it when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool]) -> None:
+    """Single-use mode: limits on this process, then exactly one job."""
+    harness, data, limits = _warm(args)
+    walls: dict[str, Any] = {**namespaces, **apply_limits(limits, args.device)}
+    disabled = set(filter(None, args.unsafe_disable.split(",")))
+    send(proto, "ready", pid=os.getpid(), walls=walls, disabled=sorted(disabled))
+    run_one(sys.stdin.buffer.readline(), proto, harness, data, args.device, namespaces, disabled)
+
+
+# ---------------------------------------------------------------- fork server (CPU only)
+
+
+def zygote(args: argparse.Namespace, proto: IO[bytes]) -> None:
+    """Fork-server mode: stay clean and single-threaded, fork one sandboxed child per job line.
+
+    The zygote never decodes a job, never runs candidate code, never installs
+    the audit hook and never takes per-job limits: all of that happens in the
+    child. One intra-op thread during warm-up means no OpenMP pool exists when
+    it forks (GNU OpenMP does not survive fork).
+    """
+    harness, data, limits = _warm(args)
+    disabled = set(filter(None, args.unsafe_disable.split(",")))
+    send(proto, "ready", pid=os.getpid(), mode="fork", disabled=sorted(disabled))
+    while line := sys.stdin.buffer.readline():
+        scratch = tempfile.mkdtemp(prefix="job-", dir=os.getcwd())
+        try:
+            fork_job(line, proto, scratch, lambda job_proto: _child(
+                line, job_proto, scratch, harness, data, limits, args.device, disabled))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        send(proto, "ready", pid=os.getpid())
+
+
+def fork_job(line: bytes, proto: IO[bytes], scratch: str, child: Callable[[IO[bytes]], None]) -> None:
+    """Fork `child` with fresh pipes for its protocol lines and output; relay both; report its end."""
+    job_r, job_w = os.pipe()
+    out_r, out_w = os.pipe()
+    threads = len(os.listdir("/proc/self/task"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.setpgid(0, 0)  # a group of its own: killing it spares the zygote
+            _die_with_parent(parent)
+            for fd in (job_r, out_r, proto.fileno()):
+                os.close(fd)  # not the zygote's pipe: a job must not write there, nor linger on it
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            child(os.fdopen(job_w, "wb"))
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(job_w)
+    os.close(out_w)
+    try:
+        os.setpgid(pid, pid)  # both sides set it, so it holds before the zygote reports the pid
+    except OSError:
+        pass  # the child is already gone, or did it itself
+    send(proto, "started", pid=pid, threads=threads)
+    _relay(pid, job_r, out_r, proto)
+    _, status = os.waitpid(pid, 0)
+    send(proto, "exit", pid=pid, returncode=os.waitstatus_to_exitcode(status))
+
+
+def _relay(pid: int, job_r: int, out_r: int, proto: IO[bytes]) -> None:
+    """Forward the child's protocol lines (whole lines only) and its output until the child ends.
+
+    Everything goes through the zygote's one protocol pipe, so the pool sees
+    output, progress and the exit status in order, per job.
+    """
+    try:
+        waiter: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        waiter = None  # then poll
+    selector = selectors.DefaultSelector()
+    for fd in (job_r, out_r) + ((waiter,) if waiter is not None else ()):
+        selector.register(fd, selectors.EVENT_READ)
+    pending = bytearray()
+
+    def pump(fd: int) -> bool:
+        chunk = os.read(fd, 65536)
+        if fd == out_r and chunk:
+            send(proto, "output", data=chunk.decode("utf-8", errors="replace"))
+        elif chunk:
+            pending.extend(chunk)
+            *lines, rest = pending.split(b"\n")
+            if len(rest) > LINE_LIMIT:  # no line is that long: pass it on broken, the pool refuses it
+                lines, rest = [*lines, rest], b""
+            for whole in lines:
+                proto.write(_vetted(bytes(whole)) + b"\n")
+            proto.flush()
+            pending[:] = rest
+        return bool(chunk)
+
+    ended = False
+    while not ended:
+        for key, _ in selector.select(None if waiter is not None else 0.05):
+            if key.fd == waiter:
+                ended = True
+            elif not pump(key.fd):
+                selector.unregister(key.fd)
+        ended = ended or os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    try:
+        os.killpg(pid, signal.SIGKILL)  # whatever it left running in its group
+    except OSError:
+        pass
+    for fd in (job_r, out_r):  # what it wrote before it ended; leftovers cannot block this
+        os.set_blocking(fd, False)
+        try:
+            while pump(fd):
+                pass
+        except BlockingIOError:
+            pass
+        os.close(fd)
+    if pending:
+        proto.write(_vetted(bytes(pending)) + b"\n")  # an unfinished line: the pool refuses it
+        proto.flush()
+    selector.close()
+    if waiter is not None:
+        os.close(waiter)
+
+
+def _vetted(line: bytes) -> bytes:
+    """A child's line as it is when it is progress or a result; else one the pool refuses (so a
+    child cannot forge the zygote's own lines: started, output, exit, ready)."""
+    try:
+        kind = msgspec.json.decode(line).get("kind")
+    except (msgspec.DecodeError, AttributeError):
+        kind = None
+    return line if kind in ("progress", "result") else b'{"kind": "forged by the child"}'
+
+
+def _child(line: bytes, proto: IO[bytes], scratch: str, harness: Any, data: Any, limits: Limits,
+           device: str, disabled: set[str]) -> None:
+    """One job in a forked child: the same walls as a single-use worker, then the job."""
+    import torch
+
+    namespaces = leave_namespaces()  # fine: a forked child has one thread
+    os.chdir(scratch)
+    os.environ.update(HOME=scratch, TMPDIR=scratch)
+    tempfile.tempdir = None
+    apply_limits(limits, device)
+    torch.set_num_threads(limits.threads)
+    run_one(line, proto, harness, data, device, namespaces, disabled)
+    proto.flush()
+
+
+def _die_with_parent(parent: int | None = None) -> None:
+    """A worker outlives a killed parent otherwise (it has a session or group of its own): ask
+    the kernel to SIGKILL it when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):  # it died before prctl
         os._exit(1)
 
 
@@ -337,12 +508,15 @@ def main() -> None:
     parser.add_argument("--proto-fd", type=int, required=True)
     parser.add_argument("--limits", required=True, help="Limits as JSON")
     parser.add_argument("--unsafe-disable", default="", help="test only: comma list of gate,audit_hook")
+    parser.add_argument("--fork", action="store_true", help="fork server: one forked child per job (CPU only)")
     args = parser.parse_args()
     _die_with_parent()
-    namespaces = leave_namespaces()  # first, while the process has a single thread
     proto = os.fdopen(args.proto_fd, "wb")
     try:
-        serve(args, proto, namespaces)
+        if args.fork:
+            zygote(args, proto)
+        else:
+            serve(args, proto, leave_namespaces())  # namespaces first, while the process has one thread
         proto.flush()
     finally:
         sys.stdout.flush()

@@ -267,7 +267,8 @@ async def test_proxy_job_reports_progress_and_saves_nothing_outside(dirs, secret
         result, pids, _ = await _run_watched(
             pool, Job(eval_id="p2", request="validate", model_source="import os\n" + SMALL_MODEL))
         assert time.monotonic() - started < 1.0
-        assert pids <= warm  # it ran in a worker started before the job came
+        # it ran in a child forked by the zygote that was warm before the job came; no new worker started
+        assert pids and not pids & warm and set(_worker_cwds(dirs.scratch)) == warm
         assert result.status == "rejected" and "import of 'os'" in result.reason
 
 
@@ -379,3 +380,123 @@ async def test_close_kills_spares_and_removes_scratch(tmp_path, dirs):
     assert list(scratch.iterdir()) == []
     with pytest.raises(RuntimeError, match="closed"):
         await pool.run(Job(eval_id="late", request="validate", model_source=SMALL_MODEL), print)
+
+
+# ---------------------------------------------------------------- fork server (the CPU default)
+
+
+LEAVE_TRACES = '''
+import os
+import torch
+from torch import nn
+
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.agentnas_trace = "left by job A"
+        nn.Module.agentnas_trace = "left by job A"
+        with open("leftover.txt", "w") as f:
+            f.write("x")
+        print("OUTPUT OF JOB A", flush=True)
+        os._exit(3)  # no result: the pool reports the output's tail
+'''
+
+LOOK_FOR_TRACES = '''
+import os
+import torch
+from torch import nn
+
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        seen = [getattr(torch, "agentnas_trace", None), getattr(nn.Module, "agentnas_trace", None),
+                os.path.exists("leftover.txt")]
+        print(f"seen {seen}", flush=True)
+        os._exit(4)
+'''
+
+FORGE_ZYGOTE_LINES = '''
+import os
+from torch import nn
+
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        for fd in range(3, 12):  # whichever is the protocol pipe
+            try:
+                os.write(fd, b'{"kind": "exit", "pid": 1, "returncode": 0}\\n{"kind": "ready"}\\n')
+            except OSError:
+                pass
+        raise RuntimeError("forged")
+'''
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+async def test_fork_server_reuses_one_zygote_and_each_job_starts_clean(tmp_path, dirs):
+    scratch = tmp_path / "scratch"
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=scratch,
+                          unsafe_disable=frozenset({"gate"})) as pool:
+        [zygote] = _worker_cwds(scratch)
+        assert _threads(zygote) == 1  # what it forks from: no OpenMP pool or other thread
+        first, first_pids, _ = await _run_watched(pool, Job(eval_id="a", request="validate",
+                                                            model_source=LEAVE_TRACES))
+        assert first.status == "error" and "exited with code 3" in first.reason, first
+        assert "OUTPUT OF JOB A" in first.reason + first.traceback
+        started = time.monotonic()
+        second, second_pids, _ = await _run_watched(pool, Job(eval_id="b", request="validate",
+                                                              model_source=LOOK_FOR_TRACES))
+        took = time.monotonic() - started
+        # module state, scratch files and output of job A are all gone
+        assert second.status == "error" and "exited with code 4" in second.reason, second
+        assert "seen [None, None, False]" in second.reason, second
+        assert "OUTPUT OF JOB A" not in second.traceback
+        assert took < 0.2, took  # fork, walls, model and result: no process start, no torch import
+        assert _worker_cwds(scratch) == [zygote] and _threads(zygote) == 1
+        assert len(first_pids) == len(second_pids) == 1 and first_pids != second_pids
+        assert zygote not in first_pids | second_pids and all(_gone(p) for p in first_pids | second_pids)
+        ok = await pool.run(Job(eval_id="c", request="validate", model_source=SMALL_MODEL), print)
+        assert ok.status == "ok" and not [w for w in ok.warnings if "threads" in w]
+        assert _worker_cwds(scratch) == [zygote]
+        assert [p.name for p in scratch.iterdir()] == [Path(os.readlink(f"/proc/{zygote}/cwd")).name]
+
+
+async def test_fork_server_recovers_from_timeouts_forgery_and_a_dead_zygote(tmp_path, dirs):
+    scratch = tmp_path / "scratch"
+    limits = msgspec.structs.replace(LIMITS, wall_s=3)
+    sleeper = (HOSTILE / "sleep_forever.py").read_text()
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=limits, scratch_root=scratch,
+                          unsafe_disable=frozenset({"gate", "audit_hook"})) as pool:
+        [zygote] = _worker_cwds(scratch)
+        result, pids, _ = await _run_watched(pool, Job(eval_id="t", request="validate", model_source=sleeper))
+        assert result.status == "timeout" and "wall-clock limit of 3 s" in result.reason
+        assert pids and all(_gone(p) for p in pids) and _gone(zygote)  # child and zygote both killed
+        await pool.start()
+        [fresh] = _worker_cwds(scratch)
+        assert fresh != zygote
+
+        # lines a child forges on the protocol pipe never pass for the zygote's
+        result = await pool.run(Job(eval_id="f", request="validate", model_source=FORGE_ZYGOTE_LINES), print)
+        assert result.status == "error" and "broke the protocol" in result.reason, result
+        await pool.start()
+        [fresh] = _worker_cwds(scratch)
+
+        os.kill(fresh, signal.SIGKILL)  # a zygote that dies while idle is replaced; the job does not pay
+        result = await pool.run(Job(eval_id="d", request="validate", model_source=SMALL_MODEL), print)
+        assert result.status == "ok", result
+        assert len(_worker_cwds(scratch)) == 1 and fresh not in _worker_cwds(scratch)
+
+
+async def test_single_use_mode_still_serves_one_job_per_process(tmp_path, dirs):
+    scratch = tmp_path / "scratch"
+    assert WorkerPool(dirs.task, "cuda:0", spares=0, limits=LIMITS, scratch_root=scratch, fork=True)._fork is False
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=scratch, fork=False) as pool:
+        warm = set(_worker_cwds(scratch))
+        result, pids, _ = await _run_watched(pool, Job(eval_id="s", request="validate", model_source=SMALL_MODEL))
+        assert result.status == "ok", result
+        assert pids == warm and all(_gone(p) for p in pids)  # the warm worker itself ran it, and is gone
