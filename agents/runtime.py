@@ -145,7 +145,6 @@ class AgentService:
                     break
                 await asyncio.sleep(0.01)
             self.in_flight.pop(work.key, None)
-            self._wake.set()
 
     async def _heartbeat(self, stop: asyncio.Event, every_s: float = 15.0) -> None:
         while not stop.is_set():
@@ -175,7 +174,6 @@ class AgentService:
         return False
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        self._wake = asyncio.Event()
         queue: asyncio.Queue = asyncio.Queue()
 
         async def on_msg(msg) -> None:

@@ -43,8 +43,12 @@ def export_for_explorer(data: TaskData, folder: Path) -> str:
 def run_config(config: Config, data: TaskData, task_ref: str, phases: tuple[int, ...], llm: str | None,
                on_divergence: str, data_dir: Path, data_paths: str) -> dict:
     spec = data.spec
+    settings = msgspec.to_builtins(config)
+    # The run's configuration is an event, stored forever: no bus credentials, no local paths.
+    settings.pop("bus", None)
+    settings.pop("home", None)
     return {
-        **msgspec.to_builtins(config),
+        **settings,
         "phases": list(phases),
         "task_spec": {"name": spec.name, "description": spec.description, "input_shape": list(spec.input_shape),
                       "output_shape": list(spec.output_shape), "loss": spec.loss, "metric": spec.metric,

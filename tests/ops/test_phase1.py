@@ -241,3 +241,16 @@ def test_invalid_key_and_unknown_model_fail_before_any_training(tmp_path):
             assert result.returncode == 2 and fragment in result.stderr, result.stderr
             assert len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "home" / "events.sqlite").exists()  # nothing started, nothing trained
+
+
+def test_the_run_config_event_holds_no_bus_credentials(tmp_path):
+    from agentnas.bus.config import load_config
+    from agentnas.ops.run import run_config
+    from agentnas.trainer_daemon.tasks import load_task
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[bus]\ntoken = 's3cret-token'\npassword = 'hunter2'\n")
+    settings = run_config(load_config(cfg), load_task("addigits"), "addigits", (1,), None, "stop", tmp_path, "x")
+    text = json.dumps(settings)
+    assert "s3cret-token" not in text and "hunter2" not in text and "bus" not in settings
+    assert settings["phase1"]["budget"] == 160 and settings["task_spec"]["name"] == "addigits"
