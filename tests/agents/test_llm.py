@@ -16,8 +16,8 @@ from agentnas.agents.llm import (
     RecordingClient,
     make_client,
     parse_provider,
-    preflight,
 )
+from agentnas.agents.providers import preflight
 from agentnas.bus import messages as m
 from agentnas.bus.config import LlmConfig
 from agentnas.store.projection import RunState
