@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from agentnas.trainer_daemon.harness import (
-    Job,
-    Plateau,
-    augment,
-    build_model,
-    random_erase,
-    run_job,
-    task_loss,
-)
+from agentnas.trainer_daemon.batches import augment, random_erase, task_loss
+from agentnas.trainer_daemon.harness import Job, Plateau, build_model, run_job
 from agentnas.trainer_daemon.metrics import compute_metric
 from agentnas.trainer_daemon.tasks import TaskData, TaskSpec
 
