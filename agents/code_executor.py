@@ -106,7 +106,7 @@ class CodeExecutorRole:
             prompt = p.render("code_executor_fix", arch_id=arch.arch_id, attempt=number + 1,
                               max_attempts=max_attempts(state), reason=attempt.reason or attempt.status,
                               source=attempt.source, traceback=(attempt.traceback or "")[-TRACEBACK_CHARS:] or "none")
-        client = self.service.client_for(ctx, self.name)  # type: ignore[attr-defined]
+        client = ctx.llm(self.name)
         answer, _, _ = await ask_parsed(client, self.name, p.render("code_executor_system"), history, prompt, parse_code)
         return answer.source, answer.recipe
 

@@ -54,7 +54,7 @@ class ExplorerRole:
             last = exploring.steps[-1]
             prompt = p.render("explorer_output", step=last.step, status=last.status, output=last.output,
                               max_steps=max_steps, steps_left=max(0, max_steps - steps))
-        client = self.service.client_for(ctx, self.name)  # type: ignore[attr-defined]
+        client = ctx.llm(self.name)
         history = state.history(self.name, exploring.dialogue_start)
         parse = lambda text: parse_explorer(text, steps_run=steps)  # noqa: E731
         try:

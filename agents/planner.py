@@ -15,7 +15,6 @@ import structlog
 
 from agentnas.agents import prompts as p
 from agentnas.agents.conversation import Unusable, ask_parsed
-from agentnas.agents.llm import Ledger, LlmSettings, make_client
 from agentnas.agents.phase1 import Arch, Phase1State
 from agentnas.agents.protocol import Experiment, Explore, Stop, format_arch_id, parse_planner
 from agentnas.agents.rule_planner import RulePlanner
@@ -193,7 +192,7 @@ class LlmPlanner(PlannerRole):
 
     async def turn(self, ctx: Context) -> None:
         state = ctx.state
-        client = self.service.client_for(ctx, self.name)  # type: ignore[attr-defined]
+        client = ctx.llm(self.name)
         system = p.render("planner_system")
         known = list(state.archs)
         parse = lambda text: parse_planner(text, n_parallel=n_parallel(state), known_arch_ids=known)  # noqa: E731

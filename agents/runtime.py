@@ -57,6 +57,10 @@ class Context:
         await publish(self.agent.js, env)
         return env
 
+    def llm(self, agent: str):
+        """A recording LLM client for this piece of work (its events cite the run and the work)."""
+        return self.agent.client_for(self, agent)
+
     def latest_state(self) -> Phase1State:
         return self.agent.states.get(self.run_id, self.state)
 
@@ -224,6 +228,5 @@ async def serve_role(role_factory: Callable[[Config, Path], Role], url: str, con
         await ensure_streams(js)
         role = role_factory(config, home)
         service = AgentService(role, js, config, home)
-        role.service = service  # type: ignore[attr-defined]
         await service.run(stop, ready)
         await publish(js, m.make_event(m.AgentStopped(role=role.name), run_id=subjects.SYSTEM_RUN, sender=service.sender))

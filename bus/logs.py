@@ -31,8 +31,6 @@ def configure_logging(fmt: Format = "auto", level: str = "info", *, stream=None)
     else:
         renderer = structlog.dev.ConsoleRenderer(
             exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
-            if _has_rich()
-            else structlog.dev.plain_traceback,
         )
     structlog.configure(
         processors=[*shared, renderer],
@@ -44,14 +42,6 @@ def configure_logging(fmt: Format = "auto", level: str = "info", *, stream=None)
     )
     # Libraries that use stdlib logging (nats, httpx) go to the same place, warnings only.
     logging.basicConfig(stream=stream, level=logging.WARNING, format="%(name)s: %(message)s", force=True)
-
-
-def _has_rich() -> bool:
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def bind(**values: str) -> None:

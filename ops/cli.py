@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from agentnas.bus import messages, subjects
+from agentnas.bus import messages
 from agentnas.bus.config import Config, ConfigError, config_to_toml, load_config, resolve_home
 from agentnas.bus.connect import BusUnavailable
 from agentnas.bus.logs import configure_logging

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -486,12 +485,14 @@ def _train_request(job: Job, data: TaskData, recipe: Recipe, augs: list[str], mo
         tx = torch.tensor(np.asarray(sx), dtype=torch.float32, device=dev)
         return Split(name=name, x=tx, targets=targets_for(sy, spec.loss, spec.output_shape), groups=groups)
 
-    evaluate = None
-    if job.request != "final_wave2":
+    evaluate: Callable[[int], float] | None = None
+    if job.request != "final_wave2":  # wave 2 trains on train+valid: nothing left to validate on
         valid = split("valid", data.valid_x, data.valid_y, data.valid_groups)
 
-        def evaluate(epoch: int) -> float:
+        def validate_epoch(epoch: int) -> float:
             return split_metric(model, valid, spec.metric, recipe.batch_size, f"at epoch {epoch}")
+
+        evaluate = validate_epoch
 
     history, best_state = train(model, recipe, spec.loss, x, y, job=job, augs=augs, evaluate=evaluate,
                                 report=report, result=result, keep_best=job.request == "final_wave1",

@@ -1,6 +1,5 @@
 """The CLI's bad-input paths: one line on stderr, exit status 2, nothing lost."""
 
-import sqlite3
 import time
 
 import pytest

@@ -1,6 +1,5 @@
 """`agentnas up` end to end: embedded bus, supervised recorder, restart after kill -9, clean stop."""
 
-import asyncio
 import json
 import os
 import signal

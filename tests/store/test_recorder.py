@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from nats.js import api
 
 from agentnas.bus import messages as m
 from agentnas.bus import subjects

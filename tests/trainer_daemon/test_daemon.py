@@ -1,7 +1,6 @@
 """The trainer daemon on a real bus: requests in, started/progress/completed out, exactly once."""
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
