@@ -254,3 +254,28 @@ def test_the_run_config_event_holds_no_bus_credentials(tmp_path):
     text = json.dumps(settings)
     assert "s3cret-token" not in text and "hunter2" not in text and "bus" not in settings
     assert settings["phase1"]["budget"] == 160 and settings["task_spec"]["name"] == "addigits"
+
+
+def test_divergence_can_hand_over_to_the_live_provider(recorded, tmp_path):
+    """A transcript whose first planner request was edited: with --on-divergence live that request
+    goes to the live provider; requests that still match the recording are served from it (here the
+    live answer equals the recorded one, so every later request matches), and the run finishes."""
+    transcript = tmp_path / "run.jsonl"
+    export_jsonl(recorded["home"] / "events.sqlite", recorded["run_id"], transcript)
+    lines = [json.loads(line) for line in transcript.read_text().splitlines()]
+    next(c for c in lines if c["agent"] == "planner")["request"]["messages"][-1]["content"] += " (edited)"
+    transcript.write_text("\n".join(json.dumps(c) for c in lines) + "\n")
+    planner_script = [rule for rule in SCRIPT if rule["agent"] == "planner"]
+    with fake_llm(planner_script, key="test-key") as server:
+        config = write_config(tmp_path / "agentnas.toml", server.base_url)
+        code, out, err, _ = run_cli(tmp_path / "home", config, "--llm", f"replay:{transcript}",
+                                    "--on-divergence", "live", env={"ANTHROPIC_API_KEY": "test-key"})
+        live_calls, errors = server.calls(), list(server.errors)
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert errors == [] and len(live_calls) == 1
+    rows = events(tmp_path / "home", the_run(tmp_path / "home"))
+    planner = [p["provider"] for _, k, _, p in rows if k == "llm.requested" and p["agent"] == "planner"]
+    assert planner == ["anthropic", "replay", "replay", "replay"]
+    providers = {(p["agent"], p["provider"]) for _, k, _, p in rows if k == "llm.requested"}
+    assert ("code_executor", "replay") in providers and ("explorer", "replay") in providers
+    assert any(k == "seed.selected" for _, k, _, _ in rows)
