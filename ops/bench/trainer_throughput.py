@@ -67,7 +67,8 @@ def write_task(folder: Path, n_train: int, n_valid: int) -> Path:
     return toml
 
 
-async def daemon_side(source: str, task: Path, device: str, k: int, candidates: int, home: Path) -> tuple[float, float, list[float]]:
+async def daemon_side(source: str, task: Path, device: str, k: int, candidates: int, home: Path,
+                      spares: int = 0) -> tuple[float, float, list[float]]:
     """Returns (training samples/s, evaluations/hour, request-to-first-step latencies)."""
     from agentnas.trainer_daemon.daemon import serve
 
@@ -84,7 +85,7 @@ async def daemon_side(source: str, task: Path, device: str, k: int, candidates: 
 
         await nc.subscribe("agentnas.evt.bench.>", cb=on_event)
         stop, ready = asyncio.Event(), asyncio.Event()
-        daemon = asyncio.create_task(serve(server.url, home, device=device, concurrency=k, config=TrainerConfig(),
+        daemon = asyncio.create_task(serve(server.url, home, device=device, concurrency=k, config=TrainerConfig(spare_workers=spares),
                                            stop=stop, ready=ready, warm_tasks=(str(task),)))
         await asyncio.wait_for(ready.wait(), 600)
         sender = m.Sender(agent="bench")
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=0, help="candidates per side (default 2K)")
     parser.add_argument("--width", type=int, default=0, help="channels of the first conv (default 64 GPU, 16 CPU)")
     parser.add_argument("--samples", type=int, default=0, help="training samples (default 50,000 GPU, 8,192 CPU)")
+    parser.add_argument("--spares", type=int, default=0, help="warm workers kept ready (default: K)")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     k = args.concurrency or (8 if gpu else 2)
@@ -145,10 +147,12 @@ def main() -> None:
         task = write_task(folder, samples, max(1024, samples // 10))
         base = sequential_dataloader_samples_per_s(source, task.parent, args.device, candidates,
                                                     round(0.3 * FULL_EPOCHS), BATCH)
-        rate, per_hour, latencies = asyncio.run(daemon_side(source, task, args.device, k, candidates, folder))
+        rate, per_hour, latencies = asyncio.run(daemon_side(source, task, args.device, k, candidates, folder,
+                                                            args.spares))
     base_per_hour = base / (round(0.3 * FULL_EPOCHS) * (samples // BATCH * BATCH)) * 3600
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, device {args.device}; "
-          f"small CNN width {width}, {samples:,} samples, batch {BATCH}, {candidates} candidates, K={k}")
+          f"small CNN width {width}, {samples:,} samples, batch {BATCH}, {candidates} candidates, K={k}, "
+          f"spares {args.spares or k}")
     print(f"{'harness':<42}{'samples/s':>12}{'evals/hour':>12}")
     print(f"{'one at a time, DataLoader':<42}{base:>12,.0f}{base_per_hour:>12,.0f}")
     print(f"{f'daemon, K={k} concurrent, data on device':<42}{rate:>12,.0f}{per_hour:>12,.0f}")
