@@ -24,7 +24,7 @@ from agentnas.agents.code_runner import CodeRun, child_env, run_code
 
 pytestmark = pytest.mark.timeout(60)
 
-FAKE_KEY = "sk-ant-FAKE-0123456789abcdef"
+FAKE_KEY = "placeholder-secret-for-sandbox-tests"
 NO_NAMESPACES = "no namespaces here (they need root with CAP_SYS_ADMIN); only the audit hook guards this case"
 
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(180)
 
 HOSTILE = Path(__file__).parent / "hostile"
 LIMITS = Limits(memory_mb=512, cpu_s=2, file_mb=8, nproc=32, wall_s=8, output_chars=4000, threads=1)
-FAKE_KEY = "sk-ant-FAKE-0123456789abcdef"
+FAKE_KEY = "placeholder-secret-for-sandbox-tests"
 
 SMALL_MODEL = '''
 import torch
