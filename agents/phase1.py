@@ -46,6 +46,11 @@ class Arch(msgspec.Struct, frozen=True, kw_only=True):
     wave1_metric: float | None = None
 
     @property
+    def status(self) -> str:
+        """The proxy result's status, "rejected" if it never validated, else "pending"."""
+        return self.proxy_status or ("rejected" if self.rejected else "pending")
+
+    @property
     def resolved(self) -> bool:
         """Done for budget purposes: proxy result in, or given up."""
         return bool(self.rejected or self.proxy_status)

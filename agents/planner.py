@@ -17,7 +17,7 @@ from agentnas.agents import prompts as p
 from agentnas.agents.conversation import Unusable, ask_parsed
 from agentnas.agents.phase1 import Arch, Phase1State
 from agentnas.agents.protocol import Experiment, Explore, Stop, format_arch_id, parse_planner
-from agentnas.agents.rule_planner import RulePlanner
+from agentnas.agents.rule_planner import RulePlanner, TaskInfo
 from agentnas.agents.runtime import Context, Work
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
@@ -157,11 +157,10 @@ class RulePlannerRole(PlannerRole):
     async def turn(self, ctx: Context) -> None:
         state = ctx.state
         spec = task_info(state)
-        info = type("TaskInfo", (), {"input_shape": spec["input_shape"], "output_shape": spec["output_shape"],
-                                     "loss": spec["loss"]})()
+        info = TaskInfo(input_shape=tuple(spec["input_shape"]), output_shape=tuple(spec["output_shape"]),
+                        loss=spec["loss"])
         planner = RulePlanner(info, n_parallel(state), state.budget, seed=int(state.config.get("seed", 42)))
-        results = [(a.arch_id, a.proxy_metric, a.proxy_status or ("rejected" if a.rejected else "pending"))
-                   for a in state.archs.values()]
+        results = [(a.arch_id, a.proxy_metric, a.status) for a in state.archs.values()]
         await self.emit_decision(ctx, planner.decide(results), None)
 
 
@@ -207,6 +206,5 @@ class LlmPlanner(PlannerRole):
 
 
 def _row(arch: Arch) -> p.ResultRow:
-    status = arch.proxy_status or ("rejected" if arch.rejected else "pending")
-    return p.ResultRow(arch_id=arch.arch_id, status=status, val_metric=arch.proxy_metric, params=arch.params,
+    return p.ResultRow(arch_id=arch.arch_id, status=arch.status, val_metric=arch.proxy_metric, params=arch.params,
                        reason=arch.rejected or arch.proxy_reason)
