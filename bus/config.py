@@ -110,6 +110,8 @@ class TrainerConfig(_Section):
     max_deliver: int = 3  # deliveries of one request before it is dead-lettered
     ack_wait_s: float = 30.0  # a silent trainer's request goes to another after this long
     cpu_threads: int = 0  # torch threads per worker on CPU; 0 = cores / concurrency
+    worker_jobs: int = 0  # jobs one GPU worker process serves before a fresh one replaces it; 0 = 32
+    # (1 = a fresh process per candidate; CPU pools always fork a fresh child per job)
 
 
 class AgentsConfig(_Section):

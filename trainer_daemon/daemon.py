@@ -1,7 +1,8 @@
 """The trainer daemon: pulls evaluation requests from the EVAL work queue and trains them.
 
 One daemon per device (`cuda:N` or `cpu`) trains up to `concurrency` candidates at once,
-each in its own single-use sandboxed worker (sandbox.py) with its own memory cap. For each
+each in a sandboxed worker (sandbox.py) with its own memory cap: a child forked per job on
+CPU, a worker process serving up to `worker_jobs` candidates in turn on a GPU. For each
 request it publishes `evaluation.started`, per-epoch `evaluation.progress` and exactly one
 `evaluation.completed`:
 
@@ -42,6 +43,7 @@ from agentnas.trainer_daemon.sandbox import Limits, WorkerPool
 log = structlog.get_logger("agentnas.trainer")
 
 RESULTS_BUCKET = "eval_results"
+DEFAULT_WORKER_JOBS = 32  # GPU workers: candidates per process (a CUDA context and warm kernels reused)
 
 
 def consumer_config(ack_wait_s: float) -> api.ConsumerConfig:
@@ -104,7 +106,7 @@ class Trainer:
         pool = self.pools.get(key)
         if pool is None:
             pool = WorkerPool(task, self.device, spares=self.config.spare_workers or self.concurrency, limits=self.limits(caps),
-                              scratch_root=self.home / "scratch")
+                              scratch_root=self.home / "scratch", jobs_per_worker=self.config.worker_jobs or DEFAULT_WORKER_JOBS)
             self.pools[key] = pool
         return pool
 

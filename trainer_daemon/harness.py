@@ -13,7 +13,8 @@ Measurements:
   step): CUDA events on a GPU, process CPU time on CPU. Evaluation, batch
   indexing and augmentation are not counted;
 - peak memory on a GPU is the peak allocated by the candidate, i.e. above what
-  the task data already held; on CPU it is the process's peak RSS;
+  the task data already held; on CPU it is the process's peak RSS (VmHWM, which
+  a reused worker resets between jobs);
 - FLOPs are per sample, counted by torch's FlopCounterMode on a batch of one
   in eval mode.
 A batch size larger than the training split is clamped to it, with a warning.
@@ -134,8 +135,12 @@ def seed_everything(seed: int) -> None:
 def peak_memory_mb(device: torch.device, baseline_bytes: int) -> float:
     if device.type == "cuda":
         return (torch.cuda.max_memory_allocated(device) - baseline_bytes) / MB
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
-    return rss / MB if sys.platform == "darwin" else rss / 1024
+    try:  # the peak RSS since the process started, or since a reused worker reset it between jobs
+        with open(f"/proc/{os.getpid()}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+        return rss / MB if sys.platform == "darwin" else rss / 1024
 
 
 # ---------------------------------------------------------------- model

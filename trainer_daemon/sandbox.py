@@ -4,10 +4,12 @@ A worker (worker.py) is a child process in its own process group, with an
 allow-listed environment (no API keys), a fresh scratch folder as cwd and
 HOME, resource limits, an audit hook and, where the OS allows, no network. It
 imports torch and loads the task before it says "ready", so a job starts in
-well under a second; it runs exactly one job and exits. On CPU (fork mode,
-the default there) a worker is instead a zygote that stays clean and forks a
-sandboxed child per job, job after job, so a job pays for no process start;
-CUDA does not survive a fork, so other devices keep single-use workers. The
+well under a second; by default it runs exactly one job and exits. On CPU
+(fork mode, the default there) a worker is instead a zygote that stays clean
+and forks a sandboxed child per job, job after job, so a job pays for no
+process start. CUDA does not survive a fork; there a worker may instead serve
+up to `jobs_per_worker` jobs (walls closed once, a runtime check between jobs,
+see reuse.py), so a job pays neither a process start nor a CUDA context. The
 pool keeps `spares` such workers started, enforces a wall-clock deadline by
 killing the whole process group (and the child's), and turns every way a job
 can end into a JobResult (in fork mode from the child's exit status, which the
@@ -28,6 +30,7 @@ import asyncio
 import dataclasses
 import inspect
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -47,7 +50,7 @@ WALL_FACTOR = 2.0  # the job's device-time cap leaves out evaluation and data ha
 WALL_GRACE_S = 300.0
 STARTUP_TIMEOUT_S = 600.0
 RESULT_EXIT_GRACE_S = 2.0  # after a result line the worker exits by itself; then it is killed
-FORK_FINISH_GRACE_S = 30.0  # after a result line a zygote reports the child's end and is ready again
+FINISH_GRACE_S = 30.0  # after a result line a zygote (or a reused worker) gets this long to be ready again
 PROTO_LINE_LIMIT = 2**20
 
 # The only variables a worker inherits (HOME, TMPDIR and the thread counts are set, not inherited).
@@ -117,6 +120,7 @@ class _Worker:
     drain: asyncio.Task[None]
     hello: dict[str, Any] = dataclasses.field(default_factory=dict)
     job_pid: int | None = None  # fork mode: the child running the current job
+    jobs_done: int = 0  # reuse mode: jobs served so far (a job that writes weights needs a fresh worker)
 
 
 @dataclasses.dataclass
@@ -130,7 +134,7 @@ class _Outcome:
     started: bool = False  # fork mode: the zygote forked a child for the job
     threads: int | None = None  # fork mode: the zygote's threads when it forked
     returncode: int | None = None  # fork mode: the child's exit status
-    reusable: bool = False  # fork mode: the zygote said "ready" again
+    reusable: bool = False  # fork or reuse mode: the worker said "ready" again
 
 
 async def _drain(stream: asyncio.StreamReader, tail: _Tail) -> None:
@@ -154,6 +158,22 @@ def _ready(worker: _Worker) -> asyncio.Future[_Worker]:
     return future
 
 
+def _renew_per_job_marks(pid: int, cpu_s: float) -> None:
+    """Before a reused worker's next job: CPU time allowed from now (the soft limit, SIGXCPU; the
+    hard limit set at its start covers all its jobs) and its peak-RSS mark (VmHWM, the harness's
+    CPU peak memory) started afresh. Done from outside: inside the walls setrlimit is refused, /proc
+    is read-only, and a write handle opened before would have stopped the read-only remount."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        hard = resource.prlimit(pid, resource.RLIMIT_CPU)[1]
+        resource.prlimit(pid, resource.RLIMIT_CPU, (min(int(used + cpu_s) + 1, hard), hard))
+        with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except (OSError, ValueError, IndexError):
+        pass  # the worker is gone (the job then fails at once), or this is not Linux
+
+
 def _looks_oom(text: str) -> bool:
     return any(marker in text for marker in OOM_MARKERS)
 
@@ -168,14 +188,15 @@ class WorkerPool:
 
     With `fork` (the default on "cpu"; never on other devices, since CUDA does
     not survive a fork) each worker is a zygote that forks one sandboxed child
-    per job and serves job after job; otherwise each worker serves one job.
+    per job and serves job after job; otherwise each worker process serves up
+    to `jobs_per_worker` jobs itself (1 = single-use).
     `unsafe_disable` (test only) names walls the workers leave off: "gate",
     "audit_hook". It exists so the tests can show each remaining wall alone.
     """
 
     def __init__(self, task_ref: str, device: str, *, spares: int, limits: Limits, scratch_root: Path,
                  python: str = sys.executable, unsafe_disable: frozenset[str] = frozenset(),
-                 fork: bool | None = None) -> None:
+                 fork: bool | None = None, jobs_per_worker: int = 1) -> None:
         unknown = set(unsafe_disable) - {"gate", "audit_hook"}
         if unknown:
             raise ValueError(f"unknown walls to disable: {sorted(unknown)}")
@@ -184,6 +205,8 @@ class WorkerPool:
         self._scratch_root = Path(scratch_root)
         self._unsafe_disable = frozenset(unsafe_disable)
         self._fork = device == "cpu" and fork is not False
+        self._jobs = 1 if self._fork else max(1, jobs_per_worker)
+        self._returns = self._fork or self._jobs > 1  # a worker comes back after a job
         self._spares: list[asyncio.Future[_Worker]] = []
         self._busy: dict[int, _Worker] = {}
         self._leased = 0  # runs holding or waiting for a worker; in fork mode their zygotes come back
@@ -218,7 +241,7 @@ class WorkerPool:
         try:
             for _ in range(3):
                 try:
-                    worker = await self._take()
+                    worker = await self._take(fresh=bool(job.weights_dir))
                 except WorkerStartError as exc:
                     reason, _, output = str(exc).partition("\n")
                     return JobResult(status="error", reason=f"worker failed to start: {reason}"[:300],
@@ -244,6 +267,7 @@ class WorkerPool:
             keep = (outcome is not None and outcome.reusable and not self._closed
                     and len(self._spares) + self._leased <= self._spare_count)
             if keep:
+                worker.jobs_done += 1
                 self._spares.insert(0, _ready(worker))
             else:
                 finished = outcome is not None and outcome.result is not None  # then it is about to exit
@@ -265,15 +289,19 @@ class WorkerPool:
     # ------------------------------------------------------------ workers
 
     def _top_up(self) -> None:
-        """Start workers up to `spares`; in fork mode zygotes out on a job count, as they come back."""
-        while not self._closed and len(self._spares) + (self._leased if self._fork else 0) < self._spare_count:
+        """Start workers up to `spares`; workers out on a job count when they come back (fork, reuse)."""
+        while not self._closed and len(self._spares) + (self._leased if self._returns else 0) < self._spare_count:
             self._spares.append(asyncio.create_task(self._spawn()))
 
-    async def _take(self) -> _Worker:
+    async def _take(self, fresh: bool = False) -> _Worker:
+        """A ready spare first; with `fresh`, one that has served no job yet (its walls are still open)."""
         for _ in range(3):
-            if not self._spares:
-                self._spares.append(asyncio.create_task(self._spawn()))
-            task = next((t for t in self._spares if t.done()), self._spares[0])  # a ready one first
+            usable = [t for t in self._spares if not (fresh and t.done() and not t.cancelled()
+                                                      and t.exception() is None and t.result().jobs_done)]
+            if not usable:
+                usable = [asyncio.create_task(self._spawn())]
+                self._spares.append(usable[0])
+            task = next((t for t in usable if t.done()), usable[0])
             self._spares.remove(task)
             self._top_up()
             worker = await task
@@ -291,7 +319,8 @@ class WorkerPool:
                 self._python, "-P", "-s", "-m", "agentnas.trainer_daemon.worker",
                 "--task", self._task_ref, "--device", self._device, "--proto-fd", str(write_fd),
                 "--limits", msgspec.json.encode(self._limits).decode(),
-                "--unsafe-disable", ",".join(sorted(self._unsafe_disable)), *(["--fork"] if self._fork else []),
+                "--unsafe-disable", ",".join(sorted(self._unsafe_disable)),
+                *(["--fork"] if self._fork else ["--jobs", str(self._jobs)]),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(write_fd,), start_new_session=True, cwd=scratch,
                 env=child_env(os.environ, scratch=scratch, threads=self._limits.threads, device=self._device))
@@ -355,9 +384,11 @@ class WorkerPool:
             async with asyncio.timeout(outcome.deadline_s) as clock:
                 stdin = worker.proc.stdin
                 assert stdin is not None
+                if worker.jobs_done:
+                    _renew_per_job_marks(worker.proc.pid, self._limits.cpu_s)
                 stdin.write(msgspec.json.encode(job) + b"\n")
                 await stdin.drain()
-                if not self._fork:
+                if not self._returns:
                     stdin.close()
                 while True:
                     try:
@@ -395,7 +426,8 @@ class WorkerPool:
 
     async def _take_line(self, worker: _Worker, outcome: _Outcome, message: dict[str, Any],
                          on_progress: Callable[[dict], Awaitable[None] | None], clock: asyncio.Timeout) -> bool:
-        """Act on one protocol line; True when the job is over. A zygote adds started/output/exit/ready."""
+        """Act on one protocol line; True when the job is over. A zygote adds started/output/exit/ready,
+        a reused worker ready."""
         from agentnas.trainer_daemon.harness import JobResult
 
         kind = message["kind"]
@@ -405,10 +437,13 @@ class WorkerPool:
                 await reply
         elif kind == "result" and outcome.result is None:
             outcome.result = msgspec.convert(message["result"], JobResult)
-            if not self._fork:
+            if not self._returns:
                 return True
-            finish_by = asyncio.get_running_loop().time() + FORK_FINISH_GRACE_S
+            finish_by = asyncio.get_running_loop().time() + FINISH_GRACE_S
             clock.reschedule(min(clock.when() or finish_by, finish_by))
+        elif kind == "ready" and self._jobs > 1 and outcome.result is not None:
+            outcome.reusable = True  # a reused worker checked the runtime and waits for the next job
+            return True
         elif not self._fork or kind not in ("started", "output", "exit"):
             if kind not in ("progress", "result"):
                 raise KeyError(f"unexpected line kind {kind!r}")

@@ -19,6 +19,16 @@ and it goes, in order:
 6. write {"kind": "result"} and leave through os._exit, so no code of the
    candidate runs at interpreter exit.
 
+With --jobs N (N > 1; the CUDA default) the process serves up to N jobs: the
+walls of step 5 close once, on the first job, and stay; the hard CPU-time
+limit covers N jobs, and the pool moves the soft one (SIGXCPU) before each job. After each job reuse.RuntimeState puts global switches back and
+checks that the candidate left the shared runtime as it found it; the scratch
+folder is emptied and the process says "ready" again (before the next job
+the pool renews its CPU-time limit and peak-RSS mark, which no code inside the
+walls may touch), or, when the check
+failed, the job wrote weights (its walls let it write there) or N jobs are
+done, it sends the result and exits.
+
 With --fork (CPU only) the process is a zygote instead: it does step 2 with
 one intra-op thread and says "ready" with no walls of its own; for each job
 line it forks a child that does steps 1 and 3-6 (in a scratch subfolder, a
@@ -161,12 +171,20 @@ def _status_bytes(field: str) -> int:
     return 0
 
 
-def apply_limits(limits: Limits, device: str) -> dict[str, Any]:
-    """Resource limits for the job from here on; returns what was applied, for the ready line."""
+def cpu_used_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def apply_limits(limits: Limits, device: str, jobs: int = 1) -> dict[str, Any]:
+    """Resource limits for the `jobs` jobs from here on; returns what was applied, for the ready line.
+
+    CPU time is counted from now: the soft limit (SIGXCPU) is the first job's; the pool moves it
+    before each later job, within a hard limit that covers all of them."""
     mb = 2**20
-    used_cpu = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = int(used_cpu.ru_utime + used_cpu.ru_stime + limits.cpu_s) + 1  # counted from now, not from start
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + CPU_HARD_GRACE_S))
+    used = cpu_used_s()
+    cpu = int(used + limits.cpu_s) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, int(used + limits.cpu_s * jobs) + 1 + CPU_HARD_GRACE_S))
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits.file_mb * mb),) * 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     nproc = _user_tasks(os.getuid()) + limits.nproc
@@ -279,6 +297,23 @@ def _crash_result(result_type: type, exc: BaseException) -> Any:
     return result_type(status=status, reason=reason, traceback="".join(traceback.format_exception(exc))[-4000:])
 
 
+class Walls:
+    """The walls that depend on the job, closed once per process: an audit hook cannot be removed,
+    nor a read-only mount made writable again, so a reused worker keeps its first job's folders."""
+
+    def __init__(self, namespaces: dict[str, bool], *, audit_hook: bool) -> None:
+        self.namespaces, self.audit_hook = namespaces, audit_hook
+        self.weights_dir: str | None = None
+        self.warnings: list[str] = []
+
+    def close_for(self, weights_dir: str) -> list[str] | None:
+        """Warnings about missing walls; None when they were closed for another weights folder."""
+        if self.weights_dir is None:
+            self.warnings = close_in(weights_dir, self.namespaces, audit_hook=self.audit_hook)
+            self.weights_dir = weights_dir
+        return self.warnings if weights_dir == self.weights_dir else None
+
+
 def close_in(weights_dir: str, namespaces: dict[str, bool], *, audit_hook: bool) -> list[str]:
     """The walls that depend on the job: read-only mounts and the audit hook. Returns warnings."""
     write_roots = [os.getcwd()]  # the scratch folder
@@ -312,34 +347,73 @@ def _warm(args: argparse.Namespace) -> tuple[Any, Any, Limits]:
     return harness, data, limits
 
 
-def run_one(line: bytes, proto: IO[bytes], harness: Any, data: Any, device: str,
-            namespaces: dict[str, bool], disabled: set[str]) -> None:
-    """Close the walls around one job, gate it, run it and send its result (in a sandboxed process)."""
-    job = msgspec.json.decode(line, type=harness.Job)
-    warnings = close_in(job.weights_dir, namespaces, audit_hook="audit_hook" not in disabled)
+def run_one(job: Any, proto: IO[bytes], harness: Any, data: Any, device: str, walls: Walls,
+            disabled: set[str]) -> Any:
+    """Close the walls around one job, gate it and run it (in a sandboxed process); returns its result."""
+    warnings = walls.close_for(job.weights_dir)
+    if warnings is None:  # the pool sends jobs that write weights to fresh workers only
+        return harness.JobResult(status="error", reason="worker: its walls were closed for another weights "
+                                                        "folder; the job needs a fresh worker")
     if "gate" not in disabled:
         from agentnas.trainer_daemon.gate import check_source
 
         reasons = check_source(job.model_source)
         if reasons:
-            send(proto, "result", result=harness.JobResult(status="rejected", reason=reasons[0],
-                                                           traceback="\n".join(reasons), warnings=warnings))
-            return
+            return harness.JobResult(status="rejected", reason=reasons[0], traceback="\n".join(reasons),
+                                     warnings=warnings)
     try:
         result = harness.run_job(job, data, device, lambda progress: send(proto, "progress", progress=progress))
     except BaseException as exc:  # the harness should not raise, but a candidate's code may escape it
         result = _crash_result(harness.JobResult, exc)
-    result = msgspec.structs.replace(result, warnings=[*result.warnings, *warnings])
-    send(proto, "result", result=result)
+    return msgspec.structs.replace(result, warnings=[*result.warnings, *warnings])
 
 
 def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool]) -> None:
-    """Single-use mode: limits on this process, then exactly one job."""
+    """Limits on this process, then one job, or up to --jobs jobs with a runtime check after each."""
     harness, data, limits = _warm(args)
-    walls: dict[str, Any] = {**namespaces, **apply_limits(limits, args.device)}
+    reused = args.jobs > 1
+    applied: dict[str, Any] = {**namespaces, **apply_limits(limits, args.device, args.jobs)}
+    cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     disabled = set(filter(None, args.unsafe_disable.split(",")))
-    send(proto, "ready", pid=os.getpid(), walls=walls, disabled=sorted(disabled))
-    run_one(sys.stdin.buffer.readline(), proto, harness, data, args.device, namespaces, disabled)
+    walls = Walls(namespaces, audit_hook="audit_hook" not in disabled)
+    state = None
+    if reused:
+        from agentnas.trainer_daemon import gate  # noqa: F401  imported now, not first by a job
+        from agentnas.trainer_daemon.reuse import RuntimeState
+
+        cuda = args.device.startswith("cuda")
+        state = RuntimeState(args.device, "VmData" if cuda else "VmSize", AS_HEADROOM_MB // 2 * 2**20)
+    send(proto, "ready", pid=os.getpid(), walls=applied, disabled=sorted(disabled), jobs=args.jobs)
+    for served in range(1, args.jobs + 1):
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return
+        job = msgspec.json.decode(line, type=harness.Job)
+        result = run_one(job, proto, harness, data, args.device, walls, disabled)
+        retire = "single-use" if state is None else ""
+        if state is not None:
+            verdict = state.after_job()
+            result = msgspec.structs.replace(result, warnings=[*result.warnings, *verdict.warnings])
+            retire = (verdict.retire or (job.weights_dir and "wrote weights")
+                      or (served == args.jobs and "served its jobs")
+                      or (cpu_hard - cpu_used_s() < limits.cpu_s + CPU_HARD_GRACE_S and "CPU time spent"))
+        send(proto, "result", result=result)
+        if retire:
+            return
+        _empty(os.getcwd())
+        send(proto, "ready", pid=os.getpid())
+
+
+def _empty(folder: str) -> None:
+    """Remove what a job left in the scratch folder (links are removed, never followed)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.remove(entry.path)
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------- fork server (CPU only)
@@ -485,8 +559,9 @@ def _child(line: bytes, proto: IO[bytes], scratch: str, harness: Any, data: Any,
     tempfile.tempdir = None
     apply_limits(limits, device)
     torch.set_num_threads(limits.threads)
-    run_one(line, proto, harness, data, device, namespaces, disabled)
-    proto.flush()
+    job = msgspec.json.decode(line, type=harness.Job)
+    walls = Walls(namespaces, audit_hook="audit_hook" not in disabled)
+    send(proto, "result", result=run_one(job, proto, harness, data, device, walls, disabled))
 
 
 def _die_with_parent(parent: int | None = None) -> None:
@@ -509,6 +584,7 @@ def main() -> None:
     parser.add_argument("--limits", required=True, help="Limits as JSON")
     parser.add_argument("--unsafe-disable", default="", help="test only: comma list of gate,audit_hook")
     parser.add_argument("--fork", action="store_true", help="fork server: one forked child per job (CPU only)")
+    parser.add_argument("--jobs", type=int, default=1, help="jobs one process serves (not with --fork)")
     args = parser.parse_args()
     _die_with_parent()
     proto = os.fdopen(args.proto_fd, "wb")

@@ -192,6 +192,20 @@ async def open_pool(dirs, secret_env):
     await pool.close()
 
 
+REUSE = 4  # jobs per reused worker in these tests: most jobs find walls a previous job closed
+
+
+@pytest.fixture(scope="module")
+async def open_pools(open_pool, dirs, secret_env):
+    """Both kinds of open pool by mode: the fork server (the CPU default) and reused worker
+    processes (the GPU default, run here on CPU)."""
+    pool = WorkerPool(dirs.task, "cpu", spares=2, limits=LIMITS, scratch_root=dirs.scratch, fork=False,
+                      jobs_per_worker=REUSE, unsafe_disable=frozenset({"gate"}))
+    await pool.start()
+    yield {"fork": open_pool, "reuse": pool}
+    await pool.close()
+
+
 def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, float]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime) for p in root.rglob("*")
             if p.is_file() and skip not in p.parents}
@@ -208,6 +222,19 @@ def _worker_cwds(scratch_root: Path) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def _group(pgid: int) -> set[int]:
+    """Processes in the process group `pgid`."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    members.add(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return members
 
 
 def _gone(pid: int) -> bool:
@@ -310,8 +337,9 @@ def _check_env_not_leaked(result) -> None:
 EXTRA_CHECKS = {"env_read": _check_env_not_leaked}
 
 
+@pytest.mark.parametrize("mode", ["fork", "reuse"])
 @pytest.mark.parametrize("path", _runtime_cases(), ids=lambda p: p.stem)
-async def test_hostile_candidate_is_contained(path, dirs, listener, open_pool):
+async def test_hostile_candidate_is_contained(path, mode, dirs, listener, open_pools):
     text = path.read_text()
     statuses, _, expected = _header(text, "runtime").partition("|")
     disabled = frozenset((_header(text, "disable") or "gate").split(","))
@@ -322,10 +350,10 @@ async def test_hostile_candidate_is_contained(path, dirs, listener, open_pool):
     before = _snapshot(dirs.root, dirs.scratch)
 
     if disabled == {"gate"}:
-        result, pids, _ = await _run_watched(open_pool, job)
+        result, pids, _ = await _run_watched(open_pools[mode], job)
     else:
         async with WorkerPool(dirs.task, "cpu", spares=0, limits=LIMITS, scratch_root=dirs.scratch,
-                              unsafe_disable=disabled) as pool:
+                              unsafe_disable=disabled, fork=mode == "fork", jobs_per_worker=REUSE) as pool:
             result, pids, _ = await _run_watched(pool, job)
 
     assert result.status in {s.strip() for s in statuses.split(",")}, result
@@ -337,7 +365,9 @@ async def test_hostile_candidate_is_contained(path, dirs, listener, open_pool):
     assert sorted(p.name for p in dirs.outside.iterdir()) == ["sentinel.txt"]
     with pytest.raises(BlockingIOError):
         listener.accept()
-    assert all(_gone(pid) for pid in pids)
+    # nothing left running: a reused worker that passed its check may stay, alone in its group
+    kept = set(_worker_cwds(dirs.scratch)) if mode == "reuse" else set()
+    assert all(_gone(pid) or (pid in kept and _group(pid) == {pid}) for pid in pids)
     cap = LIMITS.file_mb * 2**20
     assert not [p for p in dirs.scratch.rglob("*") if p.is_file() and p.stat().st_size > cap]
 
@@ -500,3 +530,85 @@ async def test_single_use_mode_still_serves_one_job_per_process(tmp_path, dirs):
         result, pids, _ = await _run_watched(pool, Job(eval_id="s", request="validate", model_source=SMALL_MODEL))
         assert result.status == "ok", result
         assert pids == warm and all(_gone(p) for p in pids)  # the warm worker itself ran it, and is gone
+
+
+# ---------------------------------------------------------------- reused workers (the GPU default)
+
+
+WRITE_SCRATCH_AND_ALLOCATE = SMALL_MODEL.replace("super().__init__()", '''super().__init__()
+        with open("leftover.txt", "w") as f:
+            f.write("x")
+        self.register_buffer("big", torch.ones(50_000_000))  # 200 MB: this job's peak''')
+
+LOOK_FOR_LEFTOVERS = SMALL_MODEL.replace("super().__init__()", '''super().__init__()
+        import os
+        if os.path.exists("leftover.txt"):
+            raise RuntimeError("found the previous job's file")''')
+
+TAMPER = SMALL_MODEL.replace("super().__init__()", '''super().__init__()
+        torch.backends.cudnn.benchmark = not torch.backends.cudnn.benchmark
+        torch.nn.functional.gelu = torch.tanh''')
+
+
+async def test_reused_worker_serves_jobs_in_one_process_and_retires_when_it_must(tmp_path, dirs):
+    scratch = tmp_path / "scratch"
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=scratch, fork=False,
+                          jobs_per_worker=3, unsafe_disable=frozenset({"gate"})) as pool:
+        [worker] = _worker_cwds(scratch)
+
+        async def run(eval_id: str, source: str, request: str = "proxy", **job: object):
+            result, pids, _ = await _run_watched(pool, Job(eval_id=eval_id, request=request, model_source=source,
+                                                           recipe={"epochs": 1, "batch_size": 64}, **job))
+            return result, pids
+
+        big, big_pids = await run("big", WRITE_SCRATCH_AND_ALLOCATE)
+        clean, clean_pids = await run("clean", LOOK_FOR_LEFTOVERS)
+        assert big.status == clean.status == "ok", (big, clean)
+        assert big_pids == clean_pids == {worker}  # one warm process served both
+        assert clean.peak_memory_mb < big.peak_memory_mb - 150  # the pool reset the peak mark between jobs
+        assert not [w for w in big.warnings + clean.warnings if "retired" in w]
+
+        # the third job is its last: it ends with a result, and a fresh process takes the next
+        tampered, _ = await run("tamper", TAMPER)
+        assert tampered.status == "ok"
+        assert any("changed torch.backends.cudnn.benchmark" in w and "put back" in w for w in tampered.warnings)
+        assert any("retired" in w and "torch.nn.functional.gelu" in w for w in tampered.warnings), tampered.warnings
+        assert _gone(worker)
+
+        # tampering retires a worker before its last job too
+        await pool.start()
+        [second] = _worker_cwds(scratch)
+        tampered, pids = await run("tamper2", TAMPER)
+        assert pids == {second} and any("retired" in w for w in tampered.warnings)
+        await pool.start()
+        [third] = _worker_cwds(scratch)
+        assert _gone(second) and third != second
+
+        # a job that writes weights needs a worker whose walls are still open, and leaves with it
+        await run("warm", SMALL_MODEL)
+        wave1, pids = await run("wave1", SMALL_MODEL, "final_wave1", weights_dir=str(tmp_path / "weights"))
+        assert wave1.status == "ok" and Path(wave1.weights_path).parent == tmp_path / "weights"
+        assert third not in pids and all(_gone(p) for p in pids)
+        assert _worker_cwds(scratch) == [third]  # the used worker stays for jobs without weights
+
+
+BURN_ONE_CPU_SECOND = SMALL_MODEL.replace("super().__init__()", '''super().__init__()
+        import time
+        start = time.process_time()
+        while time.process_time() - start < 1.0:
+            pass''')
+
+
+async def test_reused_worker_gets_a_fresh_cpu_limit_for_each_job(tmp_path, dirs):
+    busy = (HOSTILE / "infinite_forward.py").read_text()
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=tmp_path / "scratch", fork=False,
+                          jobs_per_worker=50, unsafe_disable=frozenset({"gate"})) as pool:
+        for i in range(3):  # together over the 2 s per job, each under it
+            first, first_pids, _ = await _run_watched(pool, Job(eval_id=f"ok{i}", request="validate",
+                                                                model_source=BURN_ONE_CPU_SECOND))
+            assert first.status == "ok", first
+        # the soft limit was moved for this job too: it stops after about cpu_s more seconds, not 50 x cpu_s
+        result, pids, _ = await _run_watched(pool, Job(eval_id="busy", request="validate", model_source=busy))
+        assert pids == first_pids
+        assert result.status == "timeout" and "CPU time limit of 2 s" in result.reason, result
+        assert all(_gone(p) for p in pids)

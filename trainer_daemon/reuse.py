@@ -1,0 +1,183 @@
+"""What a reused worker checks between two candidates, so one cannot steer the next.
+
+A worker that serves several jobs (CUDA pools: a fresh process per candidate
+costs a CUDA context and lazy kernel loading each time) keeps its walls for
+its whole life. The walls protect the host; this module protects the *next
+candidate's measurement*. After each job the worker compares the shared
+runtime with a snapshot taken when it was ready:
+
+- global switches a model may flip for its own sake (grad mode, default
+  dtype, cuDNN / TF32 / determinism flags, threads) are put back, with a
+  warning on the job that flipped them;
+- anything else that differs retires the worker after this job: a replaced
+  attribute of torch, its nn/optim classes, builtins, math or our own modules;
+  a global module hook, torch-function or dispatch mode left installed; an
+  extra thread; GPU memory still held; memory headroom eaten away.
+
+A retired worker exits and the pool starts a fresh one; the job's own result
+stands, carrying the warning. This is not a wall (hostile code is stopped by
+the gate, the audit hook and the OS limits); it is bookkeeping that keeps
+reuse from silently changing results.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["RuntimeState", "Verdict"]
+
+MB = 2**20
+GPU_LEAK_TOLERANCE_BYTES = MB
+
+# Namespaces whose attributes a candidate must leave as it found them.
+_WATCHED_MODULES = ("builtins", "math", "torch", "torch.nn", "torch.nn.functional", "torch.nn.init",
+                    "torch.nn.modules.module", "torch.optim", "torch.autograd", "torch.autograd.graph",
+                    "torch.backends", "numpy")
+
+
+def _switches(device: str) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
+    """Global switches: name -> (read, write)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+
+    def attr(obj: Any, name: str) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        return (lambda: getattr(obj, name)), (lambda value: setattr(obj, name, value))
+
+    switches = {
+        "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
+        "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
+        "threads": (torch.get_num_threads, torch.set_num_threads),
+        "deterministic algorithms": (torch.are_deterministic_algorithms_enabled,
+                                     lambda on: torch.use_deterministic_algorithms(on)),
+        "anomaly detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
+        "float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+        "torch.backends.cudnn.enabled": attr(cudnn, "enabled"),
+        "torch.backends.cudnn.benchmark": attr(cudnn, "benchmark"),
+        "torch.backends.cudnn.deterministic": attr(cudnn, "deterministic"),
+        "torch.backends.cudnn.allow_tf32": attr(cudnn, "allow_tf32"),
+        "torch.backends.cuda.matmul.allow_tf32": attr(matmul, "allow_tf32"),
+        "torch.backends.mkldnn.enabled": attr(torch.backends.mkldnn, "enabled"),
+    }
+    if hasattr(torch, "get_default_device"):
+        switches["default device"] = (torch.get_default_device, torch.set_default_device)
+    return switches
+
+
+def _namespaces() -> dict[str, dict[str, Any]]:
+    """Every watched namespace by name: modules, our own modules, torch.Tensor and the nn/optim classes."""
+    spaces: dict[str, dict[str, Any]] = {}
+    for name in _WATCHED_MODULES:
+        if name in sys.modules:
+            spaces[name] = vars(sys.modules[name])
+    for name, module in list(sys.modules.items()):
+        if name.startswith("agentnas.") and isinstance(module, types.ModuleType):
+            spaces[name] = vars(module)
+    classes = [torch.Tensor, nn.Module, nn.Parameter, torch.optim.Optimizer]
+    for space in (vars(nn), vars(torch.optim)):
+        classes += [v for v in space.values() if isinstance(v, type)]
+    for cls in classes:
+        spaces[f"{cls.__module__}.{cls.__qualname__}"] = dict(vars(cls))  # a mappingproxy is live; copy
+    return spaces
+
+
+def _fingerprint(space: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
+    """Identity of each value, its length for containers (hook registries are dicts), and whether
+    it is a module (a submodule imported since shows up as a new attribute of its package)."""
+    return {key: (id(value), len(value) if isinstance(value, (dict, list, set)) else -1,
+                  isinstance(value, types.ModuleType)) for key, value in list(space.items())}
+
+
+def _threads() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+
+def _status_bytes(field: str) -> int:
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _mode_stacks() -> tuple[int, int]:
+    """Torch-function and dispatch modes left pushed (both stacks are empty between jobs)."""
+    return torch._C._len_torch_function_stack(), torch._C._len_torch_dispatch_stack()
+
+
+@dataclass
+class Verdict:
+    warnings: list[str]  # for the job's result
+    retire: str = ""  # why the worker must not serve another job ("" = it may)
+
+
+class RuntimeState:
+    """A snapshot of the shared runtime, taken when the worker is ready, and the checks against it."""
+
+    def __init__(self, device: str, memory_field: str, headroom_bytes: int) -> None:
+        self.device = device
+        self.switches = _switches(device)
+        self.values = {name: read() for name, (read, _) in self.switches.items()}
+        self.spaces = {name: _fingerprint(space) for name, space in _namespaces().items()}
+        self.modules = {name: id(module) for name, module in list(sys.modules.items())}
+        self.threads = _threads()
+        self.modes = _mode_stacks()
+        # memory: how much the process may grow across jobs before a job would find less than its cap
+        self.memory_field, self.memory_start, self.headroom = memory_field, _status_bytes(memory_field), headroom_bytes
+        self.gpu_bytes = torch.cuda.memory_allocated(device) if device.startswith("cuda") else 0
+
+    def after_job(self) -> Verdict:
+        """Forget the candidate, put switches back, and decide whether the worker may serve again."""
+        sys.modules.pop("agentnas_candidate", None)  # harness.build_model registered it
+        gc.collect()  # models are reference cycles: free them before counting memory
+        warnings, retire = [], []
+        for name, (read, write) in self.switches.items():
+            now = read()
+            if now != self.values[name]:
+                write(self.values[name])
+                warnings.append(f"sandbox: the candidate changed {name} ({self.values[name]!r} -> {now!r}); "
+                                "put back for the next job")
+        changed = self._changed_attributes()
+        if changed:
+            retire.append(f"it changed {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")
+        replaced = [n for n, ident in self.modules.items() if n in sys.modules and id(sys.modules[n]) != ident]
+        if replaced:
+            retire.append(f"it replaced modules {', '.join(sorted(replaced)[:5])}")
+        if _mode_stacks() != self.modes:
+            retire.append("it left a torch-function or dispatch mode installed")
+        if (threads := _threads()) > self.threads:
+            retire.append(f"{threads - self.threads} extra thread(s) are running")
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+            held = torch.cuda.memory_allocated(self.device) - self.gpu_bytes
+            if held > GPU_LEAK_TOLERANCE_BYTES:
+                retire.append(f"{held / MB:.0f} MB of GPU memory is still allocated")
+        grown = _status_bytes(self.memory_field) - self.memory_start
+        if grown > self.headroom:
+            retire.append(f"the process grew by {grown / MB:.0f} MB ({self.memory_field})")
+        if retire:
+            warnings.append(f"sandbox: worker retired after this job: {'; '.join(retire)}")
+        return Verdict(warnings=warnings, retire="; ".join(retire))
+
+    def _changed_attributes(self) -> list[str]:
+        changed = []
+        for name, space in _namespaces().items():
+            before = self.spaces.get(name)
+            if before is None:
+                continue  # a module imported lazily since: not the candidate's doing
+            now = _fingerprint(space)
+            changed += [f"{name}.{key}" for key in sorted(set(before) | set(now))
+                        if before.get(key) != now.get(key) and not _lazy(key, before, now)]
+        return changed
+
+
+def _lazy(key: str, before: dict[str, tuple[int, int, bool]], now: dict[str, tuple[int, int, bool]]) -> bool:
+    """Changes Python and torch make by themselves on first use: a submodule imported since (a new
+    attribute that is a module), the warnings registry, ABC caches. Not the candidate's doing."""
+    return (key not in before and now[key][2]) or key == "__warningregistry__" or key.startswith("_abc_")
