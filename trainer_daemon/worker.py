@@ -21,13 +21,13 @@ and it goes, in order:
 
 With --jobs N (N > 1; the CUDA default) the process serves up to N jobs: the
 walls of step 5 close once, on the first job, and stay; the hard CPU-time
-limit covers N jobs, and the pool moves the soft one (SIGXCPU) before each job. After each job reuse.RuntimeState puts global switches back and
-checks that the candidate left the shared runtime as it found it; the scratch
-folder is emptied and the process says "ready" again (before the next job
-the pool renews its CPU-time limit and peak-RSS mark, which no code inside the
-walls may touch), or, when the check
+limit covers N jobs. After each job reuse.RuntimeState puts global switches
+back and checks that the candidate left the shared runtime as it found it.
+Then the process either says "ready" again, with its scratch folder emptied
+(before the next job the pool moves the soft CPU-time limit and resets the
+peak-RSS mark, which no code inside the walls may touch), or, when the check
 failed, the job wrote weights (its walls let it write there) or N jobs are
-done, it sends the result and exits.
+done, sends the result and exits.
 
 With --fork (CPU only) the process is a zygote instead: it does step 2 with
 one intra-op thread and says "ready" with no walls of its own; for each job
@@ -383,6 +383,7 @@ def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool
 
         cuda = args.device.startswith("cuda")
         state = RuntimeState(args.device, "VmData" if cuda else "VmSize", AS_HEADROOM_MB // 2 * 2**20)
+    scratch = os.getcwd()  # the pool made it; a job may move the cwd, never this
     send(proto, "ready", pid=os.getpid(), walls=applied, disabled=sorted(disabled), jobs=args.jobs)
     for served in range(1, args.jobs + 1):
         line = sys.stdin.buffer.readline()
@@ -400,7 +401,8 @@ def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool
         send(proto, "result", result=result)
         if retire:
             return
-        _empty(os.getcwd())
+        os.chdir(scratch)
+        _empty(scratch)
         send(proto, "ready", pid=os.getpid())
 
 

@@ -2,13 +2,17 @@
 daemon with K concurrent sandboxed candidates and device-resident data.
 
     python -m agentnas.ops.bench.trainer_throughput [--device cpu|cuda:0] [--concurrency K]
+        [--candidates N] [--baseline-candidates B] [--spares S] [--worker-jobs J]
 
 Both sides train the same candidates (a small CNN on a 12x8x8, 3-class synthetic task,
 batch 256, like the small-CNN row of the throughput anchor in BENCHMARKS.md) for the same
 proxy epochs and validate after each epoch. The baseline runs in this process with no
 sandbox (in its favour); the daemon side runs through the real bus: requests published,
 results read back from `evaluation.completed`. Request-to-first-step is measured with an
-idle daemon and warm workers, one request at a time.
+idle daemon and warm workers, one request at a time. A third row is the ceiling for K at once
+on this device: K bare long-lived processes training the same candidates with the data on the
+device (no bus, no sandbox, no process starts), so "daemon / ceiling" shows what the daemon's
+own machinery costs, apart from what the device allows.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from agentnas.bus.config import TrainerConfig
 from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.publish import publish
 from agentnas.bus.server import NatsServer
-from agentnas.trainer_daemon.reference_harness import sequential_dataloader_samples_per_s
+from agentnas.trainer_daemon.reference_harness import (concurrent_resident_samples_per_s,
+                                                       sequential_dataloader_samples_per_s)
 
 CANDIDATE = """
 import torch
@@ -68,7 +73,7 @@ def write_task(folder: Path, n_train: int, n_valid: int) -> Path:
 
 
 async def daemon_side(source: str, task: Path, device: str, k: int, candidates: int, home: Path,
-                      spares: int = 0) -> tuple[float, float, list[float]]:
+                      config: TrainerConfig) -> tuple[float, float, list[float]]:
     """Returns (training samples/s, evaluations/hour, request-to-first-step latencies)."""
     from agentnas.trainer_daemon.daemon import serve
 
@@ -85,7 +90,7 @@ async def daemon_side(source: str, task: Path, device: str, k: int, candidates: 
 
         await nc.subscribe("agentnas.evt.bench.>", cb=on_event)
         stop, ready = asyncio.Event(), asyncio.Event()
-        daemon = asyncio.create_task(serve(server.url, home, device=device, concurrency=k, config=TrainerConfig(spare_workers=spares),
+        daemon = asyncio.create_task(serve(server.url, home, device=device, concurrency=k, config=config,
                                            stop=stop, ready=ready, warm_tasks=(str(task),)))
         await asyncio.wait_for(ready.wait(), 600)
         sender = m.Sender(agent="bench")
@@ -132,9 +137,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--concurrency", type=int, default=0, help="K (default: 8 on a GPU, 2 on a CPU)")
     parser.add_argument("--candidates", type=int, default=0, help="candidates per side (default 2K)")
+    parser.add_argument("--baseline-candidates", type=int, default=0,
+                        help="candidates for the one-at-a-time baseline (default: --candidates; its rate is per candidate)")
     parser.add_argument("--width", type=int, default=0, help="channels of the first conv (default 64 GPU, 16 CPU)")
     parser.add_argument("--samples", type=int, default=0, help="training samples (default 50,000 GPU, 8,192 CPU)")
     parser.add_argument("--spares", type=int, default=0, help="warm workers kept ready (default: K)")
+    parser.add_argument("--worker-jobs", type=int, default=0,
+                        help="GPU: candidates one worker process serves (default: the daemon's, 32; 1 = single-use)")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     k = args.concurrency or (8 if gpu else 2)
@@ -145,18 +154,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         task = write_task(folder, samples, max(1024, samples // 10))
-        base = sequential_dataloader_samples_per_s(source, task.parent, args.device, candidates,
+        base = sequential_dataloader_samples_per_s(source, task.parent, args.device,
+                                                    args.baseline_candidates or candidates,
                                                     round(0.3 * FULL_EPOCHS), BATCH)
-        rate, per_hour, latencies = asyncio.run(daemon_side(source, task, args.device, k, candidates, folder,
-                                                            args.spares))
-    base_per_hour = base / (round(0.3 * FULL_EPOCHS) * (samples // BATCH * BATCH)) * 3600
+        config = TrainerConfig(spare_workers=args.spares, worker_jobs=args.worker_jobs)
+        rate, per_hour, latencies = asyncio.run(daemon_side(source, task, args.device, k, candidates, folder, config))
+        ceiling = concurrent_resident_samples_per_s(source, task.parent, args.device, k, candidates,
+                                                    round(0.3 * FULL_EPOCHS), BATCH)
+
+    def per_hour_of(samples_per_s: float) -> float:
+        return samples_per_s / (round(0.3 * FULL_EPOCHS) * (samples // BATCH * BATCH)) * 3600
+
+    mode = "fork per job" if not gpu else (
+        "single-use workers" if args.worker_jobs == 1 else f"{args.worker_jobs or 32} jobs per worker")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, device {args.device}; "
           f"small CNN width {width}, {samples:,} samples, batch {BATCH}, {candidates} candidates, K={k}, "
-          f"spares {args.spares or k}")
-    print(f"{'harness':<42}{'samples/s':>12}{'evals/hour':>12}")
-    print(f"{'one at a time, DataLoader':<42}{base:>12,.0f}{base_per_hour:>12,.0f}")
-    print(f"{f'daemon, K={k} concurrent, data on device':<42}{rate:>12,.0f}{per_hour:>12,.0f}")
-    print(f"ratio daemon/baseline: {rate / base:.2f}x")
+          f"spares {args.spares or k}, {mode}")
+    print(f"{'harness':<46}{'samples/s':>12}{'evals/hour':>12}")
+    print(f"{'one at a time, DataLoader':<46}{base:>12,.0f}{per_hour_of(base):>12,.0f}")
+    print(f"{f'daemon, K={k} concurrent, data on device':<46}{rate:>12,.0f}{per_hour:>12,.0f}")
+    print(f"{f'ceiling: K={k} bare processes, data on device':<46}{ceiling:>12,.0f}{per_hour_of(ceiling):>12,.0f}")
+    print(f"ratio daemon/baseline: {rate / base:.2f}x   ceiling/baseline: {ceiling / base:.2f}x   "
+          f"daemon/ceiling: {rate / ceiling:.0%}")
     print(f"request -> first training step, warm workers: median {statistics.median(latencies):.3f} s "
           f"(min {min(latencies):.3f}, max {max(latencies):.3f}, n={len(latencies)})")
 

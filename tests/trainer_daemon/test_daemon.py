@@ -176,3 +176,17 @@ async def test_last_delivery_becomes_an_error_result(js, nats_server, processes,
         proc.wait(30)
     (done,) = seen.of("evaluation.completed")
     assert done.status == "error" and "dead-lettered" in done.reason
+
+
+@pytest.mark.parametrize(("device", "config", "fork", "jobs"), [
+    ("cpu", TrainerConfig(), True, 1),  # a fresh forked child per job
+    ("cpu", TrainerConfig(worker_jobs=8), True, 1),  # CPU pools always fork
+    ("cuda:0", TrainerConfig(), False, 32),  # GPU default: a worker process serves 32 candidates
+    ("cuda:0", TrainerConfig(worker_jobs=1), False, 1),  # a fresh process per candidate
+])
+async def test_worker_mode_follows_device_and_config(tmp_path, device, config, fork, jobs):
+    from agentnas.trainer_daemon.daemon import Trainer
+
+    trainer = Trainer(None, None, device=device, concurrency=2, config=config, home=tmp_path)
+    pool = await trainer.pool_for("addigits", m.Caps())  # made, not started: no worker runs here
+    assert (pool._fork, pool._jobs) == (fork, jobs)
