@@ -49,6 +49,17 @@ DENIED_ATTRS = frozenset({
     "attrgetter", "methodcaller", "get_type_hints", "ForwardRef",
     "system", "popen", "environ", "getenv",
 })
+# Stdlib modules re-exported as attributes of allowed modules (torch.sys, torch.os, dataclasses.sys,
+# enum.bltns, collections._sys, typing.stdlib_re ...) and the other classic ways out: refused as
+# attribute names anywhere, so `torch.sys.modules` is as closed as `import sys`.
+MODULE_ATTRS = frozenset({
+    "sys", "_sys", "os", "posix", "builtins", "bltns", "importlib", "inspect", "platform", "glob",
+    "threading", "_thread", "types", "warnings", "textwrap", "re", "stdlib_re", "contextlib", "keyword",
+    "_collections_abc", "io", "subprocess", "shutil", "pathlib", "tempfile", "pickle", "marshal", "socket",
+    "signal", "gc", "weakref", "linecache", "traceback", "runpy", "pkgutil", "site", "sysconfig", "codecs",
+    "multiprocessing", "asyncio", "resource", "mmap", "fcntl", "pty", "atexit", "faulthandler", "tracemalloc",
+    "zipimport",
+})
 # Private tensor/storage methods that create shared-memory files or file-backed storage.
 DENIED_PRIVATE = re.compile(r"^_.*(share|file|fd)", re.IGNORECASE)
 
@@ -116,6 +127,8 @@ def _attr_problem(name: str) -> str | None:
         return f"dunder attribute {name!r}"
     if name in DENIED_ATTRS:
         return f"attribute {name!r}"
+    if name in MODULE_ATTRS:
+        return f"attribute {name!r} (a module outside the allowed imports)"
     if DENIED_PRIVATE.match(name):
         return f"private attribute {name!r}"
     return None
@@ -217,6 +230,9 @@ class _Checker:
         if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
             return  # left for _name to refuse
         self.checked_attr_calls.add(id(func))
+        if name.value in MODULE_ATTRS:
+            self._refuse(node, f"{func.id}() of attribute {name.value!r} (a module outside the allowed imports)")
+            return
         target = node.args[0]
         if isinstance(target, ast.Name) and target.id in self.aliases:
             path = f"{self.aliases[target.id]}.{name.value}"

@@ -26,6 +26,7 @@ import gc
 import os
 import sys
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,22 +37,32 @@ from torch import nn
 __all__ = ["RuntimeState", "Verdict"]
 
 MB = 2**20
-GPU_LEAK_TOLERANCE_BYTES = MB
+GPU_LEAK_TOLERANCE_BYTES = 64 * MB  # cuDNN / cuBLAS keep small per-device states once an op first runs
 
-# Namespaces whose attributes a candidate must leave as it found them.
-_WATCHED_MODULES = ("builtins", "math", "torch", "torch.nn", "torch.nn.functional", "torch.nn.init",
-                    "torch.nn.modules.module", "torch.optim", "torch.autograd", "torch.autograd.graph",
-                    "torch.backends", "numpy")
+# Namespaces whose attributes a candidate must leave as it found them (besides every torch.* and
+# agentnas.* module, and the worker's own __main__).
+_WATCHED_MODULES = ("__main__", "builtins", "math", "functools", "itertools", "collections", "collections.abc",
+                    "typing", "dataclasses", "numbers", "enum", "abc", "operator", "copy", "numpy")
+_UNREADABLE = "<unreadable>"
 
 
 def _switches(device: str) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
-    """Global switches: name -> (read, write)."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    """Global switches: name -> (read, write). Those this torch does not have are left out."""
+    backends = torch.backends
 
-    def attr(obj: Any, name: str) -> tuple[Callable[[], Any], Callable[[Any], None]]:
-        return (lambda: getattr(obj, name)), (lambda value: setattr(obj, name, value))
+    def attr(path: str) -> tuple[Callable[[], Any], Callable[[Any], None]] | None:
+        owner_path, _, name = path.rpartition(".")
+        owner: Any = torch
+        for part in owner_path.split(".")[1:]:
+            owner = getattr(owner, part, None)
+        if owner is None or not hasattr(type(owner), name) and name not in vars(owner):
+            return None
+        return (lambda: getattr(owner, name)), (lambda value: setattr(owner, name, value))
 
-    switches = {
+    def default_device(value: Any) -> None:  # setting "cpu" would push a mode; None removes it
+        torch.set_default_device(None if value == torch.device("cpu") else value)
+
+    switches: dict[str, Any] = {
         "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
         "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
         "threads": (torch.get_num_threads, torch.set_num_threads),
@@ -59,26 +70,39 @@ def _switches(device: str) -> dict[str, tuple[Callable[[], Any], Callable[[Any],
                                      lambda on: torch.use_deterministic_algorithms(on)),
         "anomaly detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
         "float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
-        "torch.backends.cudnn.enabled": attr(cudnn, "enabled"),
-        "torch.backends.cudnn.benchmark": attr(cudnn, "benchmark"),
-        "torch.backends.cudnn.deterministic": attr(cudnn, "deterministic"),
-        "torch.backends.cudnn.allow_tf32": attr(cudnn, "allow_tf32"),
-        "torch.backends.cuda.matmul.allow_tf32": attr(matmul, "allow_tf32"),
-        "torch.backends.mkldnn.enabled": attr(torch.backends.mkldnn, "enabled"),
     }
+    for path in ("torch.backends.cudnn.enabled", "torch.backends.cudnn.benchmark", "torch.backends.cudnn.benchmark_limit",
+                 "torch.backends.cudnn.deterministic", "torch.backends.cudnn.allow_tf32",
+                 "torch.backends.cudnn.fp32_precision", "torch.backends.cudnn.conv.fp32_precision",
+                 "torch.backends.cudnn.rnn.fp32_precision", "torch.backends.cuda.matmul.allow_tf32",
+                 "torch.backends.cuda.matmul.fp32_precision", "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction",
+                 "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction", "torch.backends.mkldnn.enabled",
+                 "torch.backends.mkldnn.fp32_precision", "torch.backends.fp32_precision"):
+        if (pair := attr(path)) is not None:
+            switches[path] = pair
+    for kind in ("flash", "mem_efficient", "math", "cudnn"):  # scaled-dot-product attention back ends
+        read, write = getattr(backends.cuda, f"{kind}_sdp_enabled", None), getattr(backends.cuda, f"enable_{kind}_sdp", None)
+        if read is not None and write is not None:
+            switches[f"{kind} attention"] = (read, write)
     if hasattr(torch, "get_default_device"):
-        switches["default device"] = (torch.get_default_device, torch.set_default_device)
+        switches["default device"] = (torch.get_default_device, default_device)
     return switches
+
+
+def _read(read: Callable[[], Any]) -> Any:
+    """A switch's value; some raise when legacy and new APIs were mixed (that too is a change)."""
+    try:
+        return read()
+    except Exception:
+        return _UNREADABLE
 
 
 def _namespaces() -> dict[str, dict[str, Any]]:
     """Every watched namespace by name: modules, our own modules, torch.Tensor and the nn/optim classes."""
     spaces: dict[str, dict[str, Any]] = {}
-    for name in _WATCHED_MODULES:
-        if name in sys.modules:
-            spaces[name] = vars(sys.modules[name])
     for name, module in list(sys.modules.items()):
-        if name.startswith("agentnas.") and isinstance(module, types.ModuleType):
+        if (name in _WATCHED_MODULES or name == "torch" or name.startswith(("torch.", "agentnas."))) \
+                and isinstance(module, types.ModuleType):
             spaces[name] = vars(module)
     classes = [torch.Tensor, nn.Module, nn.Parameter, torch.optim.Optimizer]
     for space in (vars(nn), vars(torch.optim)):
@@ -91,8 +115,10 @@ def _namespaces() -> dict[str, dict[str, Any]]:
 def _fingerprint(space: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
     """Identity of each value, its length for containers (hook registries are dicts), and whether
     it is a module (a submodule imported since shows up as a new attribute of its package)."""
-    return {key: (id(value), len(value) if isinstance(value, (dict, list, set)) else -1,
-                  isinstance(value, types.ModuleType)) for key, value in list(space.items())}
+    with warnings.catch_warnings():  # some deprecated torch objects warn when looked at
+        warnings.simplefilter("ignore")
+        return {key: (id(value), len(value) if isinstance(value, (dict, list, set)) else -1,
+                      isinstance(value, types.ModuleType)) for key, value in list(space.items())}
 
 
 def _threads() -> int:
@@ -123,7 +149,7 @@ class RuntimeState:
     def __init__(self, device: str, memory_field: str, headroom_bytes: int) -> None:
         self.device = device
         self.switches = _switches(device)
-        self.values = {name: read() for name, (read, _) in self.switches.items()}
+        self.values = {name: _read(read) for name, (read, _) in self.switches.items()}
         self.spaces = {name: _fingerprint(space) for name, space in _namespaces().items()}
         self.modules = {name: id(module) for name, module in list(sys.modules.items())}
         self.threads = _threads()
@@ -136,13 +162,22 @@ class RuntimeState:
         """Forget the candidate, put switches back, and decide whether the worker may serve again."""
         sys.modules.pop("agentnas_candidate", None)  # harness.build_model registered it
         gc.collect()  # models are reference cycles: free them before counting memory
-        warnings, retire = [], []
+        warnings: list[str] = []
+        retire: list[str] = []
         for name, (read, write) in self.switches.items():
-            now = read()
-            if now != self.values[name]:
+            now = _read(read)
+            if now == self.values[name]:
+                continue
+            try:
                 write(self.values[name])
+                restored = _read(read) == self.values[name]
+            except Exception:
+                restored = False
+            if restored:
                 warnings.append(f"sandbox: the candidate changed {name} ({self.values[name]!r} -> {now!r}); "
                                 "put back for the next job")
+            else:
+                retire.append(f"it changed {name} ({self.values[name]!r} -> {now!r}) beyond putting back")
         changed = self._changed_attributes()
         if changed:
             retire.append(f"it changed {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")

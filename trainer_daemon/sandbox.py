@@ -131,7 +131,7 @@ class _Outcome:
     timed_out: bool = False
     protocol_error: str = ""
     tail: _Tail | None = None  # fork mode: this job's output (a zygote outlives many jobs)
-    started: bool = False  # fork mode: the zygote forked a child for the job
+    started: bool = False  # fork mode: the zygote forked a child for the job; reuse: the worker read it
     threads: int | None = None  # fork mode: the zygote's threads when it forked
     returncode: int | None = None  # fork mode: the child's exit status
     reusable: bool = False  # fork or reuse mode: the worker said "ready" again
@@ -247,8 +247,8 @@ class WorkerPool:
                     return JobResult(status="error", reason=f"worker failed to start: {reason}"[:300],
                                      traceback=output)
                 outcome = await self._serve(worker, job, on_progress)
-                lost = self._fork and not (outcome.started or outcome.timed_out or outcome.protocol_error)
-                if not lost or self._closed:  # else the zygote died before it forked: not the job's doing
+                lost = self._returns and not (outcome.started or outcome.timed_out or outcome.protocol_error)
+                if not lost or self._closed:  # else the worker died before it took the job: not the job's doing
                     break
             return self._classify(outcome, worker)
         finally:
@@ -386,6 +386,7 @@ class WorkerPool:
                 assert stdin is not None
                 if worker.jobs_done:
                     _renew_per_job_marks(worker.proc.pid, self._limits.cpu_s)
+                    worker.tail.data.clear()  # this job's output only (flushed before the last result)
                 stdin.write(msgspec.json.encode(job) + b"\n")
                 await stdin.drain()
                 if not self._returns:
@@ -441,11 +442,13 @@ class WorkerPool:
                 return True
             finish_by = asyncio.get_running_loop().time() + FINISH_GRACE_S
             clock.reschedule(min(clock.when() or finish_by, finish_by))
+        elif kind == "accepted" and self._jobs > 1 and outcome.result is None:
+            outcome.started = True  # the worker read the job: from here on its death is the job's
         elif kind == "ready" and self._jobs > 1 and outcome.result is not None:
             outcome.reusable = True  # a reused worker checked the runtime and waits for the next job
             return True
         elif not self._fork or kind not in ("started", "output", "exit"):
-            if kind not in ("progress", "result"):
+            if kind not in ("progress", "result", "accepted"):
                 raise KeyError(f"unexpected line kind {kind!r}")
         elif kind == "started":
             worker.job_pid, outcome.started = int(message["pid"]), True

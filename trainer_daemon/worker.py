@@ -379,21 +379,34 @@ def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool
     state = None
     if reused:
         from agentnas.trainer_daemon import gate  # noqa: F401  imported now, not first by a job
-        from agentnas.trainer_daemon.reuse import RuntimeState
+        from agentnas.trainer_daemon.reuse import RuntimeState, Verdict
 
         cuda = args.device.startswith("cuda")
         state = RuntimeState(args.device, "VmData" if cuda else "VmSize", AS_HEADROOM_MB // 2 * 2**20)
     scratch = os.getcwd()  # the pool made it; a job may move the cwd, never this
+    trusted_files = set(os.listdir(scratch))  # what torch's own start-up put there (caches)
     send(proto, "ready", pid=os.getpid(), walls=applied, disabled=sorted(disabled), jobs=args.jobs)
     for served in range(1, args.jobs + 1):
         line = sys.stdin.buffer.readline()
         if not line:
             return
         job = msgspec.json.decode(line, type=harness.Job)
+        send(proto, "accepted")  # from here on a death is the job's; before, the pool tries another worker
         result = run_one(job, proto, harness, data, args.device, walls, disabled)
         retire = "single-use" if state is None else ""
         if state is not None:
-            verdict = state.after_job()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                verdict = state.after_job()
+                os.chdir(scratch)
+                left = _remove_new(scratch, keep=trusted_files)
+                if left:
+                    verdict.retire = verdict.retire or f"what it left in scratch could not be removed ({left[0]})"
+            except Exception as exc:  # e.g. a CUDA error the candidate left behind
+                verdict = Verdict(warnings=[], retire=f"the runtime check failed: {type(exc).__name__}: {exc}"[:300])
+            if verdict.retire and not any("retired" in w for w in verdict.warnings):
+                verdict.warnings.append(f"sandbox: worker retired after this job: {verdict.retire}")
             result = msgspec.structs.replace(result, warnings=[*result.warnings, *verdict.warnings])
             retire = (verdict.retire or (job.weights_dir and "wrote weights")
                       or (served == args.jobs and "served its jobs")
@@ -401,21 +414,30 @@ def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool
         send(proto, "result", result=result)
         if retire:
             return
-        os.chdir(scratch)
-        _empty(scratch)
         send(proto, "ready", pid=os.getpid())
 
 
-def _empty(folder: str) -> None:
-    """Remove what a job left in the scratch folder (links are removed, never followed)."""
-    for entry in os.scandir(folder):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            try:
-                os.remove(entry.path)
-            except OSError:
-                pass
+def _remove_new(folder: str, keep: set[str]) -> list[str]:
+    """Remove what a job added to `folder` (links removed, never followed); returns what is left.
+
+    Path-based calls only: shutil.rmtree works through directory descriptors, which the audit
+    hook refuses."""
+    for name in set(os.listdir(folder)) - keep:
+        path = os.path.join(folder, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                for root, dirs, files in os.walk(path, topdown=False):
+                    for item in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                        os.remove(os.path.join(root, item))
+                    for item in dirs:
+                        if not os.path.islink(os.path.join(root, item)):
+                            os.rmdir(os.path.join(root, item))
+                os.rmdir(path)
+            else:
+                os.remove(path)
+        except OSError:
+            pass
+    return sorted(set(os.listdir(folder)) - keep)
 
 
 # ---------------------------------------------------------------- fork server (CPU only)

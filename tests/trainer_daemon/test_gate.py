@@ -232,6 +232,16 @@ REJECTED = [
     ("environ", "import math\ne = math.environ" + ARCH, "attribute 'environ'"),
     ("format_frame", "s = '{0.gi_frame.f_globals}'.format(1)" + ARCH, "format field '0.gi_frame.f_globals'"),
     ("format_dunder", "s = '{0.__class__}'.format(1)" + ARCH, "string naming '__class__'"),
+    # stdlib modules that allowed modules re-export as attributes
+    ("torch_sys", "import torch\nm = torch.sys.modules" + ARCH, "attribute 'sys' (a module"),
+    ("torch_os_write", "import torch\ntorch.os.write(5, b'x')" + ARCH, "attribute 'os' (a module"),
+    ("dataclasses_sys", "import dataclasses\nm = dataclasses.sys.modules" + ARCH, "attribute 'sys'"),
+    ("enum_builtins", "import enum\nf = enum.bltns.open" + ARCH, "attribute 'bltns'"),
+    ("collections_sys", "import collections\nm = collections._sys.modules" + ARCH, "attribute '_sys'"),
+    ("typing_re", "import typing\nr = typing.stdlib_re" + ARCH, "attribute 'stdlib_re'"),
+    ("torch_threading", "from torch import nn\nimport torch\nt = torch.threading.Thread" + ARCH,
+     "attribute 'threading'"),
+    ("getattr_torch_sys", "import torch\nm = getattr(torch, 'sys')" + ARCH, "sys"),
 ]
 
 

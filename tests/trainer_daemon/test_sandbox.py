@@ -536,14 +536,18 @@ async def test_single_use_mode_still_serves_one_job_per_process(tmp_path, dirs):
 
 
 WRITE_SCRATCH_AND_ALLOCATE = SMALL_MODEL.replace("super().__init__()", '''super().__init__()
+        import os
         with open("leftover.txt", "w") as f:
+            f.write("x")
+        os.makedirs("sub/deeper")
+        with open("sub/deeper/file.txt", "w") as f:
             f.write("x")
         self.register_buffer("big", torch.ones(50_000_000))  # 200 MB: this job's peak''')
 
 LOOK_FOR_LEFTOVERS = SMALL_MODEL.replace("super().__init__()", '''super().__init__()
         import os
-        if os.path.exists("leftover.txt"):
-            raise RuntimeError("found the previous job's file")''')
+        if os.path.exists("leftover.txt") or os.path.exists("sub"):
+            raise RuntimeError("found the previous job's files")''')
 
 TAMPER = SMALL_MODEL.replace("super().__init__()", '''super().__init__()
         torch.backends.cudnn.benchmark = not torch.backends.cudnn.benchmark
@@ -564,7 +568,7 @@ async def test_reused_worker_serves_jobs_in_one_process_and_retires_when_it_must
         big, big_pids = await run("big", WRITE_SCRATCH_AND_ALLOCATE)
         clean, clean_pids = await run("clean", LOOK_FOR_LEFTOVERS)
         assert big.status == clean.status == "ok", (big, clean)
-        assert big_pids == clean_pids == {worker}  # one warm process served both
+        assert big_pids == clean_pids == {worker}, (big.warnings, clean.warnings)  # one warm process served both
         assert clean.peak_memory_mb < big.peak_memory_mb - 150  # the pool reset the peak mark between jobs
         assert not [w for w in big.warnings + clean.warnings if "retired" in w]
 
