@@ -210,6 +210,7 @@ class WorkerPool:
         self._spares: list[asyncio.Future[_Worker]] = []
         self._busy: dict[int, _Worker] = {}
         self._leased = 0  # runs holding or waiting for a worker; in fork mode their zygotes come back
+        self._leaving = 0  # reuse mode: leased workers on their last job (they will not come back)
         self._closed = False
 
     async def __aenter__(self) -> WorkerPool:
@@ -260,10 +261,15 @@ class WorkerPool:
         """Drive one job on `worker`, then keep the worker (a zygote ready again) or dispose of it."""
         self._busy[worker.proc.pid] = worker
         outcome: _Outcome | None = None
+        leaving = self._jobs > 1 and (worker.jobs_done + 1 >= self._jobs or bool(job.weights_dir))
+        if leaving:  # start its replacement now, not after this job
+            self._leaving += 1
+            self._top_up()
         try:
             outcome = await self._drive(worker, job, on_progress)
         finally:
             del self._busy[worker.proc.pid]
+            self._leaving -= leaving
             keep = (outcome is not None and outcome.reusable and not self._closed
                     and len(self._spares) + self._leased <= self._spare_count)
             if keep:
@@ -290,7 +296,8 @@ class WorkerPool:
 
     def _top_up(self) -> None:
         """Start workers up to `spares`; workers out on a job count when they come back (fork, reuse)."""
-        while not self._closed and len(self._spares) + (self._leased if self._returns else 0) < self._spare_count:
+        coming_back = self._leased - self._leaving if self._returns else 0
+        while not self._closed and len(self._spares) + coming_back < self._spare_count:
             self._spares.append(asyncio.create_task(self._spawn()))
 
     async def _take(self, fresh: bool = False) -> _Worker:

@@ -9,8 +9,9 @@
 #   1. the throughput bench with the GPU default (32 candidates per worker process), 48 candidates:
 #      six waves of K=8, so the steady state shows, not only the first wave;
 #   2. the same with single-use worker processes (--worker-jobs 1), for the ratio between the two;
-#   3. the reused-worker and sandbox tests on the GPU machine's CPU (the same code paths as on CUDA,
-#      apart from the device).
+#   3. reuse_check on cuda:0: ordinary candidates (conv, LSTM with dropout, attention, autocast)
+#      must not make a reused worker retire (false positives of the runtime check on CUDA);
+#   4. the reused-worker and sandbox tests on the GPU machine's CPU.
 # Output goes to $OUT (the device tool's folder that comes back) or ./gpu-check.
 set -uo pipefail
 OUT=${OUT:-gpu-check}
@@ -30,6 +31,7 @@ bench() {  # name, seconds, bench arguments...
     echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/$name.txt"
 }
 bench reuse 200 --candidates 48 --baseline-candidates 8
-bench single_use 150 --candidates 24 --baseline-candidates 8 --worker-jobs 1
-timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer_daemon/test_reuse.py \
+bench single_use 130 --candidates 24 --baseline-candidates 8 --worker-jobs 1
+timeout 90 python -m agentnas.ops.bench.reuse_check --device cuda:0 2>"$OUT/reuse_check.log" | tee "$OUT/reuse_check.txt"
+timeout 60 python -m pytest -q -p no:cacheprovider tests/trainer_daemon/test_reuse.py \
     tests/trainer_daemon/test_sandbox.py -k "reuse" 2>&1 | tail -5 | tee "$OUT/tests.txt"

@@ -616,3 +616,20 @@ async def test_reused_worker_gets_a_fresh_cpu_limit_for_each_job(tmp_path, dirs)
         assert pids == first_pids
         assert result.status == "timeout" and "CPU time limit of 2 s" in result.reason, result
         assert all(_gone(p) for p in pids)
+
+
+async def test_a_reused_worker_on_its_last_job_is_replaced_while_it_runs(tmp_path, dirs):
+    scratch = tmp_path / "scratch"
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=scratch, fork=False,
+                          jobs_per_worker=2, unsafe_disable=frozenset({"gate"})) as pool:
+        [first] = _worker_cwds(scratch)
+        await pool.run(Job(eval_id="one", request="validate", model_source=SMALL_MODEL), print)
+        last = asyncio.create_task(pool.run(Job(eval_id="two", request="validate", model_source=BURN_ONE_CPU_SECOND),
+                                            print))
+        seen: set[int] = set()
+        while not last.done():
+            seen.update(_worker_cwds(scratch))
+            await asyncio.sleep(0.02)
+        assert (await last).status == "ok"
+        assert first in seen and len(seen) == 2  # the replacement started during the last job
+        assert _gone(first) and len(_worker_cwds(scratch)) == 1
