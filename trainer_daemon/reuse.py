@@ -12,7 +12,7 @@ runtime with a snapshot taken when it was ready:
 - anything else that differs retires the worker after this job: a replaced
   attribute of torch, its nn/optim classes, builtins, math or our own modules;
   a global module hook, torch-function or dispatch mode left installed; an
-  extra thread; GPU memory still held; memory headroom eaten away.
+  extra thread running Python code; GPU memory still held; memory headroom eaten away.
 
 A retired worker exits and the pool starts a fresh one; the job's own result
 stands, carrying the warning. This is not a wall (hostile code is stopped by
@@ -122,7 +122,9 @@ def _fingerprint(space: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
 
 
 def _threads() -> int:
-    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+    """Threads that run Python code. Native threads come and go with torch's own pools (OpenMP,
+    autograd per device) and cannot run a candidate's Python code, so they are not counted."""
+    return len(sys._current_frames())
 
 
 def _status_bytes(field: str) -> int:
@@ -187,7 +189,7 @@ class RuntimeState:
         if _mode_stacks() != self.modes:
             retire.append("it left a torch-function or dispatch mode installed")
         if (threads := _threads()) > self.threads:
-            retire.append(f"{threads - self.threads} extra thread(s) are running")
+            retire.append(f"{threads - self.threads} extra Python thread(s) are running")
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
             held = torch.cuda.memory_allocated(self.device) - self.gpu_bytes

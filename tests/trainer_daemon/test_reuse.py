@@ -96,7 +96,7 @@ def test_a_global_hook_a_mode_or_a_thread_retires_the_worker(state):
     finally:
         stop.set()
         thread.join()
-    assert "1 extra thread(s) are running" in verdict.retire
+    assert "1 extra Python thread(s) are running" in verdict.retire
     assert state.after_job().retire == ""  # each of them undone: the runtime passes again
 
 
