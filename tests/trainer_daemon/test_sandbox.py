@@ -633,3 +633,30 @@ async def test_a_reused_worker_on_its_last_job_is_replaced_while_it_runs(tmp_pat
         assert (await last).status == "ok"
         assert first in seen and len(seen) == 2  # the replacement started during the last job
         assert _gone(first) and len(_worker_cwds(scratch)) == 1
+
+
+SWITCHES_DEFAULT_DTYPE = SMALL_MODEL.replace("    def forward(self, x):\n", '''    def forward(self, x):
+        torch.set_default_dtype(torch.float64)  # left on: every model built later would be float64
+''')
+
+
+async def test_after_a_candidate_flips_a_switch_the_next_trains_exactly_as_in_a_fresh_process(tmp_path, dirs):
+    def job(eval_id: str, source: str) -> Job:
+        return Job(eval_id=eval_id, request="proxy", model_source=source, seed=7,
+                   recipe={"epochs": 2, "batch_size": 64})
+
+    async def losses(pool: WorkerPool, eval_id: str, source: str) -> tuple[object, list[float]]:
+        progress: list[dict] = []
+        result = await pool.run(job(eval_id, source), progress.append)
+        return result, [p["train_loss"] for p in progress]
+
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=tmp_path / "fresh", fork=False,
+                          unsafe_disable=frozenset({"gate"})) as fresh:
+        reference, reference_losses = await losses(fresh, "reference", SMALL_MODEL)
+    async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=tmp_path / "reused", fork=False,
+                          jobs_per_worker=4, unsafe_disable=frozenset({"gate"})) as reused:
+        flipped, _ = await losses(reused, "flips", SWITCHES_DEFAULT_DTYPE)
+        assert any("changed default dtype" in w and "put back" in w for w in flipped.warnings), flipped
+        after, after_losses = await losses(reused, "after", SMALL_MODEL)
+    assert reference.status == after.status == "ok", (reference, after)
+    assert after_losses == reference_losses and after.val_metric == reference.val_metric
