@@ -23,7 +23,6 @@ reuse from silently changing results.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import types
 import warnings
@@ -33,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from agentnas.trainer_daemon.worker import status_bytes
 
 __all__ = ["RuntimeState", "Verdict"]
 
@@ -127,13 +128,6 @@ def _threads() -> int:
     return len(sys._current_frames())
 
 
-def _status_bytes(field: str) -> int:
-    for line in open(f"/proc/{os.getpid()}/status"):
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _mode_stacks() -> tuple[int, int]:
     """Torch-function and dispatch modes left pushed (both stacks are empty between jobs)."""
     return torch._C._len_torch_function_stack(), torch._C._len_torch_dispatch_stack()
@@ -143,6 +137,12 @@ def _mode_stacks() -> tuple[int, int]:
 class Verdict:
     warnings: list[str]  # for the job's result
     retire: str = ""  # why the worker must not serve another job ("" = it may)
+
+    def retire_because(self, reason: str) -> None:
+        """Retire the worker after this job, and say so on the job's result (the first reason wins)."""
+        if not self.retire:
+            self.retire = reason
+            self.warnings.append(f"sandbox: worker retired after this job: {reason}")
 
 
 class RuntimeState:
@@ -157,7 +157,7 @@ class RuntimeState:
         self.threads = _threads()
         self.modes = _mode_stacks()
         # memory: how much the process may grow across jobs before a job would find less than its cap
-        self.memory_field, self.memory_start, self.headroom = memory_field, _status_bytes(memory_field), headroom_bytes
+        self.memory_field, self.memory_start, self.headroom = memory_field, status_bytes(memory_field), headroom_bytes
         self.gpu_bytes = torch.cuda.memory_allocated(device) if device.startswith("cuda") else 0
 
     def after_job(self) -> Verdict:
@@ -195,12 +195,13 @@ class RuntimeState:
             held = torch.cuda.memory_allocated(self.device) - self.gpu_bytes
             if held > GPU_LEAK_TOLERANCE_BYTES:
                 retire.append(f"{held / MB:.0f} MB of GPU memory is still allocated")
-        grown = _status_bytes(self.memory_field) - self.memory_start
+        grown = status_bytes(self.memory_field) - self.memory_start
         if grown > self.headroom:
             retire.append(f"the process grew by {grown / MB:.0f} MB ({self.memory_field})")
+        verdict = Verdict(warnings=warnings)
         if retire:
-            warnings.append(f"sandbox: worker retired after this job: {'; '.join(retire)}")
-        return Verdict(warnings=warnings, retire="; ".join(retire))
+            verdict.retire_because("; ".join(retire))
+        return verdict
 
     def _changed_attributes(self) -> list[str]:
         changed = []

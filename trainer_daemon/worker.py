@@ -163,7 +163,7 @@ def _user_tasks(uid: int) -> int:
     return total
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
     """A size from /proc/self/status, e.g. VmSize (address space) or VmData (private writable memory)."""
     for line in open("/proc/self/status"):
         if line.startswith(f"{field}:"):
@@ -201,11 +201,11 @@ def apply_limits(limits: Limits, device: str, jobs: int = 1) -> dict[str, Any]:
         fraction = min(1.0, limits.memory_mb / total_mb)
         torch.cuda.set_per_process_memory_fraction(fraction, index)
         # host memory too: RLIMIT_DATA counts private writable mappings, not CUDA's reserved ranges
-        data = _status_bytes("VmData") + int((limits.host_memory_mb + AS_HEADROOM_MB) * mb)
+        data = status_bytes("VmData") + int((limits.host_memory_mb + AS_HEADROOM_MB) * mb)
         resource.setrlimit(resource.RLIMIT_DATA, (data, data))
         applied.update(cuda_memory_fraction=round(fraction, 4), host_memory_mb=limits.host_memory_mb)
     else:
-        address_space = _status_bytes("VmSize") + int((limits.memory_mb + AS_HEADROOM_MB) * mb)
+        address_space = status_bytes("VmSize") + int((limits.memory_mb + AS_HEADROOM_MB) * mb)
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
         applied["memory_mb"] = limits.memory_mb
     return applied
@@ -402,11 +402,10 @@ def serve(args: argparse.Namespace, proto: IO[bytes], namespaces: dict[str, bool
                 os.chdir(scratch)
                 left = _remove_new(scratch, keep=trusted_files)
                 if left:
-                    verdict.retire = verdict.retire or f"what it left in scratch could not be removed ({left[0]})"
+                    verdict.retire_because(f"what it left in scratch could not be removed ({left[0]})")
             except Exception as exc:  # e.g. a CUDA error the candidate left behind
-                verdict = Verdict(warnings=[], retire=f"the runtime check failed: {type(exc).__name__}: {exc}"[:300])
-            if verdict.retire and not any("retired" in w for w in verdict.warnings):
-                verdict.warnings.append(f"sandbox: worker retired after this job: {verdict.retire}")
+                verdict = Verdict(warnings=[])
+                verdict.retire_because(f"the runtime check failed: {type(exc).__name__}: {exc}"[:300])
             result = msgspec.structs.replace(result, warnings=[*result.warnings, *verdict.warnings])
             retire = (verdict.retire or (job.weights_dir and "wrote weights")
                       or (served == args.jobs and "served its jobs")
