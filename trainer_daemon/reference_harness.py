@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+
+def _split(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.from_numpy(np.load(folder / f"{name}_x.npy")), torch.from_numpy(np.load(folder / f"{name}_y.npy")))
+
+
+def _architecture(source: str) -> type:
+    namespace: dict = {}
+    exec(compile(source, "candidate", "exec"), namespace)  # trusted: our own candidate
+    return namespace["Architecture"]
 
 
 def _warm_up(architecture: type, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -26,33 +37,45 @@ def _warm_up(architecture: type, x: torch.Tensor, y: torch.Tensor) -> None:
         model(x).argmax(1).sum().item()
 
 
-def sequential_dataloader_samples_per_s(source: str, folder: Path, device: str, candidates: int, epochs: int,
-                                        batch: int) -> float:
-    """One candidate at a time, batches from a CPU DataLoader; returns training samples/s."""
-    train = TensorDataset(torch.from_numpy(np.load(folder / "train_x.npy")), torch.from_numpy(np.load(folder / "train_y.npy")))
-    valid = TensorDataset(torch.from_numpy(np.load(folder / "valid_x.npy")), torch.from_numpy(np.load(folder / "valid_y.npy")))
-    namespace: dict = {}
-    exec(compile(source, "candidate", "exec"), namespace)  # trusted: our own candidate
-    _warm_up(namespace["Architecture"], train.tensors[0][:batch].to(device), train.tensors[1][:batch].to(device))
-    start = time.perf_counter()
-    for seed in range(candidates):
+def _train(architecture: type, seeds: Iterable[int], epochs: int, device: str,
+           train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+           validate: Callable[[torch.nn.Module], None]) -> None:
+    """The training loop both harnesses share; only where the batches come from differs."""
+    for seed in seeds:
         torch.manual_seed(seed)
-        model = namespace["Architecture"]().to(device)
+        model = architecture().to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         for _ in range(epochs):
             model.train()
-            for xb, yb in DataLoader(train, batch_size=batch, shuffle=True, drop_last=True):
-                xb, yb = xb.to(device), yb.to(device)
+            for xb, yb in train_batches():
                 loss = torch.nn.functional.cross_entropy(model(xb), yb)
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             model.eval()
             with torch.no_grad():  # validation each epoch, as the daemon's proxy runs do
-                for xb, yb in DataLoader(valid, batch_size=1024):
-                    (model(xb.to(device)).argmax(1).cpu() == yb).sum().item()
+                validate(model)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def sequential_dataloader_samples_per_s(source: str, folder: Path, device: str, candidates: int, epochs: int,
+                                        batch: int) -> float:
+    """One candidate at a time, batches from a CPU DataLoader; returns training samples/s."""
+    train, valid = TensorDataset(*_split(folder, "train")), TensorDataset(*_split(folder, "valid"))
+    architecture = _architecture(source)
+    _warm_up(architecture, train.tensors[0][:batch].to(device), train.tensors[1][:batch].to(device))
+
+    def train_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for xb, yb in DataLoader(train, batch_size=batch, shuffle=True, drop_last=True):
+            yield xb.to(device), yb.to(device)
+
+    def validate(model: torch.nn.Module) -> None:
+        for xb, yb in DataLoader(valid, batch_size=1024):
+            (model(xb.to(device)).argmax(1).cpu() == yb).sum().item()
+
+    start = time.perf_counter()
+    _train(architecture, range(candidates), epochs, device, train_batches, validate)
     elapsed = time.perf_counter() - start
     n = len(train) // batch * batch
     return candidates * epochs * n / elapsed
@@ -62,35 +85,25 @@ def _train_resident(source: str, folder: str, device: str, seeds: list[int], epo
                     ready, go, done) -> None:
     """One process of the ceiling: data resident on the device, batches by index, no sandbox, no bus."""
     torch.set_num_threads(threads)
-    x = torch.from_numpy(np.load(Path(folder) / "train_x.npy")).to(device)
-    y = torch.from_numpy(np.load(Path(folder) / "train_y.npy")).to(device)
-    vx = torch.from_numpy(np.load(Path(folder) / "valid_x.npy")).to(device)
-    vy = torch.from_numpy(np.load(Path(folder) / "valid_y.npy")).to(device)
-    namespace: dict = {}
-    exec(compile(source, "candidate", "exec"), namespace)  # trusted: our own candidate
+    x, y = (t.to(device) for t in _split(Path(folder), "train"))
+    vx, vy = (t.to(device) for t in _split(Path(folder), "valid"))
+    architecture = _architecture(source)
     n = len(x) // batch * batch
-    _warm_up(namespace["Architecture"], x[:batch], y[:batch])
+    _warm_up(architecture, x[:batch], y[:batch])
+
+    def train_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(x), device=device)
+        for i in range(0, n, batch):
+            index = order[i:i + batch]
+            yield x[index], y[index]
+
+    def validate(model: torch.nn.Module) -> None:
+        (model(vx).argmax(1) == vy).sum().item()
+
     ready.set()
     go.wait()
     start = time.perf_counter()
-    for seed in seeds:
-        torch.manual_seed(seed)
-        model = namespace["Architecture"]().to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for _ in range(epochs):
-            model.train()
-            order = torch.randperm(len(x), device=device)
-            for i in range(0, n, batch):
-                index = order[i:i + batch]
-                loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            model.eval()
-            with torch.no_grad():
-                (model(vx).argmax(1) == vy).sum().item()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _train(architecture, seeds, epochs, device, train_batches, validate)
     done.put(time.perf_counter() - start)  # the process's exit is not counted
 
 
