@@ -1,5 +1,8 @@
 """The configuration: one TOML file decoded into Structs, the paper's values as defaults.
 
+The sections a run fixes in its settings (phase1, proxy, modularizer, slots, evolution)
+take their fields and bounds from `settings.py`; here they only add "no unknown keys".
+
 Every process reads only its own slice (`config.trainer`, `config.phase1`, ...).
 Unknown keys and wrong types are rejected with their dotted name. Precedence:
 defaults < TOML file < command-line flags (`override`).
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+
+from agentnas.bus import settings
 
 
 class ConfigError(ValueError):
@@ -56,51 +61,24 @@ class LlmConfig(_Section):
     )
 
 
-class Phase1Config(_Section):
-    budget: int = 160  # evaluations, failures included
-    patience: int = 64  # consecutive successful evaluations without improvement
-    n_parallel: int = 0  # proposals per batch; 0 = number of free trainer slots
-    top_k_full: int = 8  # wave-1 full training after STOP
-    explorer_max_steps: int = 10
-    explorer_output_chars: int = 5000
-    code_retries: int = 10
+class Phase1Config(settings.Phase1Settings, forbid_unknown_fields=True):
+    pass
 
 
-class ProxyConfig(_Section):
-    fraction: float = 0.3  # of full epochs, floored at 1
-    time_cap_s: float = 3600.0  # device seconds of training steps per proxy run
-    memory_cap_mb: float = 11264.0
-    full_time_cap_s: float = 86400.0  # each wave of full training
+class ProxyConfig(settings.ProxySettings, forbid_unknown_fields=True):
+    pass
 
 
-class ModularizerConfig(_Section):
-    retries: int = 5
-    rtol: float = 1e-5
-    atol: float = 1e-6
+class ModularizerConfig(settings.ModularizerSettings, forbid_unknown_fields=True):
+    pass
 
 
-class SlotsConfig(_Section):
-    max_slots: int = 20
-    max_alternatives: int = 8
-    min_alternatives: int = 4
-    code_retries: int = 10
-    explorer_report_chars: int = 3000
-    summaries_chars: int = 3000
-    lr_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+class SlotsConfig(settings.SlotsSettings, forbid_unknown_fields=True):
+    pass
 
 
-class EvolutionConfig(_Section):
-    algorithm: Literal["evolution", "random", "gdas"] = "evolution"
-    population: int = 16
-    init_single_mutations: int = 5
-    init_double_mutations: int = 5
-    init_random: int = 5
-    tournament: int = 5
-    p_single_mutation: float = 0.5
-    generations: int = 10
-    budget: int = 160
-    patience: int = 64
-    top_k_full: int = 8
+class EvolutionConfig(settings.EvolutionSettings, forbid_unknown_fields=True):
+    pass
 
 
 class TrainerConfig(_Section):
