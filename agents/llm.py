@@ -1,4 +1,4 @@
-"""One recording model client for every agent.
+"""One recording model client for every agent, and `make_client`, which builds it.
 
 `RecordingClient` is an autogen `ChatCompletionClient` that wraps a provider client from
 autogen-ext (Anthropic, or any OpenAI-compatible server by base URL) or a replay source,
@@ -10,6 +10,9 @@ Transient provider errors (429, 5xx, 529, connection failures) are retried here 
 exponential backoff (the SDKs' own retries are off so that every attempt is ours and
 logged); a call ends in exactly one `LlmResponded`. A `Ledger` keeps the run's tokens and
 cost and refuses a call once a configured cap is reached.
+
+The top of the LLM layer: settings, errors and the ledger live in `llm_settings`, provider
+clients in `providers`, recorded answers in `replay`; none of them imports this module.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ import contextvars
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import anthropic
 import msgspec
-import openai
 import structlog
 from autogen_core import CancellationToken, FunctionCall, Image
 from autogen_core.models import (
@@ -33,7 +34,6 @@ from autogen_core.models import (
     CreateResult,
     FunctionExecutionResultMessage,
     LLMMessage,
-    ModelFamily,
     ModelInfo,
     RequestUsage,
     SystemMessage,
@@ -42,185 +42,15 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
+from agentnas.agents.llm_settings import Ledger, LlmError, LlmSettings, OnDivergence
+from agentnas.agents.providers import GENERIC_MODEL_INFO, describe, is_transient, live_client
+from agentnas.agents.replay import RecordedCall, ReplayDivergence, ReplaySource
 from agentnas.bus import messages as m
-from agentnas.bus.config import LlmConfig
-
-if TYPE_CHECKING:
-    from agentnas.agents.replay import RecordedCall, ReplaySource
-    from agentnas.store.projection import RunState
 
 log = structlog.get_logger("agentnas.llm")
 
 Emit = Callable[[m.Kind], Awaitable[None]]
-OnDivergence = Literal["stop", "live"]
-
-# Statuses worth another attempt: timeouts, conflicts, rate limits, server errors, overload.
-TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-STANDARD_KEY_ENVS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 _FINISH_REASONS = {"stop", "length", "function_calls", "content_filter", "unknown"}
-
-
-class LlmError(RuntimeError):
-    """A provider or configuration problem, in one line."""
-
-
-class BudgetExceeded(LlmError):
-    """The run's token or cost cap is reached; the call was not made."""
-
-
-# --- settings ------------------------------------------------------------------------------
-
-
-class LlmSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """What an agent needs to build its client; `from_config` applies `--llm`."""
-
-    provider: Literal["anthropic", "openai"] = "anthropic"  # the live provider
-    model: str = "claude-sonnet-4-6"
-    base_url: str = ""
-    api_key_env: str = "ANTHROPIC_API_KEY"
-    temperature: float = 1.0
-    max_tokens: int = 16000
-    max_retries: int = 5
-    backoff_s: float = 1.0  # first retry's delay; doubles each retry, at most 30 s
-    timeout_s: float = 600.0
-    token_cap: int = 0  # 0 = no cap
-    cost_cap_usd: float = 0.0
-    prices_usd_per_mtok: dict[str, tuple[float, float]] = msgspec.field(
-        default_factory=lambda: dict(LlmConfig().prices_usd_per_mtok)
-    )
-    replay_path: str = ""  # set: answers come from this recorded log or transcript
-    replay_run: str = ""
-    on_divergence: OnDivergence = "stop"  # live: hand over to the live provider
-
-    @property
-    def replaying(self) -> bool:
-        return bool(self.replay_path)
-
-    @classmethod
-    def from_config(
-        cls, config: LlmConfig, llm: str | None = None, on_divergence: OnDivergence = "stop"
-    ) -> "LlmSettings":
-        """The `[llm]` section, with `--llm PROVIDER[:MODEL]` (or `replay:PATH[#RUN]`) on top."""
-        provider, rest = parse_provider(llm or config.provider)
-        live, model = provider, rest or config.model
-        replay_path = replay_run = ""
-        if provider == "replay":
-            replay_path, _, replay_run = rest.partition("#")
-            # The live provider (for --on-divergence live) is the configured one.
-            base = config.provider if not config.provider.startswith("replay:") else "anthropic"
-            live, live_model = parse_provider(base)
-            model = live_model or config.model
-        if on_divergence not in ("stop", "live"):
-            raise LlmError(f"--on-divergence must be 'stop' or 'live', not '{on_divergence}'")
-        key_env = config.api_key_env
-        if key_env in STANDARD_KEY_ENVS.values():
-            key_env = STANDARD_KEY_ENVS[live]  # the default variable follows the provider
-        return cls(
-            provider=live,  # type: ignore[arg-type]
-            model=model,
-            base_url=config.base_url,
-            api_key_env=key_env,
-            temperature=config.temperature,
-            max_tokens=config.max_tokens,
-            max_retries=config.max_retries,
-            token_cap=config.token_cap,
-            cost_cap_usd=config.cost_cap_usd,
-            prices_usd_per_mtok=dict(config.prices_usd_per_mtok),
-            replay_path=replay_path,
-            replay_run=replay_run,
-            on_divergence=on_divergence,
-        )
-
-
-def parse_provider(text: str) -> tuple[str, str]:
-    """`anthropic`, `anthropic:MODEL`, `openai[:MODEL]`, `replay:PATH[#RUN]` -> (provider, rest).
-
-    rest is the model ("" = the configured one) or, for replay, `PATH[#RUN]`."""
-    name, _, rest = text.strip().partition(":")
-    if name == "replay":
-        if not rest.partition("#")[0]:
-            raise LlmError("replay needs a path: --llm replay:PATH[#RUN]")
-        return name, rest
-    if name not in STANDARD_KEY_ENVS:
-        raise LlmError(
-            f"unknown LLM provider '{text}' (use anthropic[:MODEL], openai:MODEL or replay:PATH[#RUN])"
-        )
-    return name, rest.strip()
-
-
-# --- ledger --------------------------------------------------------------------------------
-
-
-class Ledger:
-    """Running tokens and cost of a run, and its caps.
-
-    Seed it from the folded log (`seed_from(state)`) so a restarted agent keeps counting;
-    agents in other processes add to the same run, so re-seed when the state is re-folded.
-    """
-
-    def __init__(
-        self,
-        prices: Mapping[str, tuple[float, float]] | None = None,
-        *,
-        token_cap: int = 0,
-        cost_cap_usd: float = 0.0,
-    ) -> None:
-        self.prices = dict(prices or {})
-        self.token_cap = token_cap
-        self.cost_cap_usd = cost_cap_usd
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cost_usd = 0.0
-        self._unpriced: set[str] = set()
-
-    @classmethod
-    def for_settings(cls, settings: LlmSettings, state: "RunState | None" = None) -> "Ledger":
-        ledger = cls(
-            settings.prices_usd_per_mtok, token_cap=settings.token_cap, cost_cap_usd=settings.cost_cap_usd
-        )
-        if state is not None:
-            ledger.seed_from(state)
-        return ledger
-
-    def seed_from(self, state: "RunState") -> None:
-        """Take the totals of the folded log (which already include this agent's calls)."""
-        self.input_tokens = state.input_tokens
-        self.output_tokens = state.output_tokens
-        self.cost_usd = state.cost_usd
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def price(self, model: str, input_tokens: int, output_tokens: int) -> float:
-        """US$ for one call; a dated model name (`claude-x-20260101`) uses its base name's price."""
-        rates = self.prices.get(model)
-        if rates is None:
-            prefixes = [name for name in self.prices if model.startswith(name)]
-            rates = self.prices[max(prefixes, key=len)] if prefixes else None
-        if rates is None:
-            if model not in self._unpriced:
-                self._unpriced.add(model)
-                log.warning("llm.unpriced_model", model=model, note="cost counted as 0")
-            return 0.0
-        return (input_tokens * rates[0] + output_tokens * rates[1]) / 1e6
-
-    def charge(self, model: str, input_tokens: int, output_tokens: int, *, free: bool = False) -> float:
-        """Add one call; returns its cost (0 when `free`, e.g. a replayed answer)."""
-        cost = 0.0 if free else self.price(model, input_tokens, output_tokens)
-        self.input_tokens += input_tokens
-        self.output_tokens += output_tokens
-        self.cost_usd += cost
-        return cost
-
-    def check(self) -> None:
-        """Raise BudgetExceeded when a cap is already reached, so no further call is made."""
-        if self.token_cap and self.tokens >= self.token_cap:
-            raise BudgetExceeded(f"LLM token cap reached: {self.tokens} of {self.token_cap} tokens used")
-        if self.cost_cap_usd and self.cost_usd >= self.cost_cap_usd:
-            raise BudgetExceeded(
-                f"LLM cost cap reached: US${self.cost_usd:.4f} of US${self.cost_cap_usd:.4f} spent"
-            )
 
 
 # --- messages and results as plain data ------------------------------------------------------
@@ -280,32 +110,6 @@ def result_from_record(response: m.LlmResponded) -> CreateResult:
     )
 
 
-def describe(exc: BaseException) -> str:
-    """One line about a provider error: HTTP status, the provider's error type and message."""
-    status = getattr(exc, "status_code", None)
-    body = getattr(exc, "body", None)
-    err = body.get("error", body) if isinstance(body, dict) else None
-    kind = err.get("type", "") if isinstance(err, dict) else ""
-    detail = err.get("message", "") if isinstance(err, dict) else ""
-    if status is not None:
-        text = f"HTTP {status}" + (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
-    elif isinstance(exc, (anthropic.APIConnectionError, openai.APIConnectionError)):
-        text = f"connection failed: {exc}"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())[:300]
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (anthropic.APIConnectionError, openai.APIConnectionError)):
-        return True  # includes timeouts
-    response = getattr(exc, "response", None)
-    advice = response.headers.get("x-should-retry") if response is not None else None
-    if advice in ("true", "false"):
-        return advice == "true"  # the provider's own advice, as its SDKs follow it
-    return getattr(exc, "status_code", None) in TRANSIENT_STATUS
-
-
 # --- the recording client ------------------------------------------------------------------
 
 # Prompt template of the calls made inside `using_template(...)`; a context variable so
@@ -313,16 +117,6 @@ def is_transient(exc: BaseException) -> bool:
 _template: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
     "agentnas_llm_template", default=("", "")
 )
-
-GENERIC_MODEL_INFO: ModelInfo = {
-    "vision": False,
-    "function_calling": True,
-    "json_output": True,
-    "family": ModelFamily.UNKNOWN,
-    "structured_output": False,
-    "multiple_system_messages": False,
-}
-
 
 class RecordingClient(ChatCompletionClient):
     """Records every call as events; answers from `inner` (live) or from `replay`.
@@ -348,7 +142,7 @@ class RecordingClient(ChatCompletionClient):
         emit: Emit,
         ledger: Ledger,
         inner: ChatCompletionClient | None = None,
-        replay: "ReplaySource | None" = None,
+        replay: ReplaySource | None = None,
         on_divergence: OnDivergence = "stop",
         emit_replayed: bool = True,
         parameters: Mapping[str, Any] | None = None,
@@ -484,10 +278,8 @@ class RecordingClient(ChatCompletionClient):
         )
         return call_id
 
-    async def _serve(self, wire: list[dict], params: dict, model: Any) -> "RecordedCall | None":
+    async def _serve(self, wire: list[dict], params: dict, model: Any) -> RecordedCall | None:
         """The recorded call for this request; None once handed over to the live client."""
-        from agentnas.agents.replay import ReplayDivergence
-
         assert self._replay is not None
         try:
             return self._replay.serve(self.agent, wire, model=model)
@@ -500,7 +292,7 @@ class RecordingClient(ChatCompletionClient):
             await self._emit(m.LlmResponded(call_id=call_id, agent=self.agent, content="", error=str(exc)))
             raise
 
-    async def _replayed(self, served: "RecordedCall", wire: list[dict], params: dict) -> CreateResult:
+    async def _replayed(self, served: RecordedCall, wire: list[dict], params: dict) -> CreateResult:
         recorded = served.response
         self.ledger.charge(served.request.model, recorded.input_tokens, recorded.output_tokens, free=True)
         if self._emit_replayed:
@@ -563,15 +355,11 @@ def make_client(
     agent: str,
     emit: Emit,
     ledger: Ledger,
-    replay: "ReplaySource | None" = None,
+    replay: ReplaySource | None = None,
 ) -> RecordingClient:
     """The recording client of one agent. `replay` lets agents share one loaded source."""
     if settings.replaying and replay is None:
-        from agentnas.agents.replay import ReplaySource
-
         replay = ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)
-    from agentnas.agents import providers  # providers import this module's settings
-
     needs_live = replay is None or settings.on_divergence == "live"
     return RecordingClient(
         agent=agent,
@@ -579,7 +367,7 @@ def make_client(
         model=settings.model,
         emit=emit,
         ledger=ledger,
-        inner=providers.live_client(settings) if needs_live else None,
+        inner=live_client(settings) if needs_live else None,
         replay=replay,
         on_divergence=settings.on_divergence,
         parameters={"temperature": settings.temperature, "max_tokens": settings.max_tokens},

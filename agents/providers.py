@@ -1,5 +1,6 @@
-"""Provider clients and the start-up check: which autogen-ext client serves a provider,
-and whether the key and model are good before any training is spent."""
+"""Provider knowledge: which autogen-ext client serves a provider, how its errors read (one
+line; worth a retry or not), and whether the key and model are good before any training is
+spent (`preflight`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,21 @@ import anthropic
 import openai
 from autogen_core.models import ChatCompletionClient, ModelFamily, ModelInfo
 
-from agentnas.agents.llm import GENERIC_MODEL_INFO, LlmError, LlmSettings, describe
+from agentnas.agents.llm_settings import LlmError, LlmSettings
+from agentnas.agents.replay import ReplaySource
+
+# Statuses worth another attempt: timeouts, conflicts, rate limits, server errors, overload.
+TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+GENERIC_MODEL_INFO: ModelInfo = {
+    "vision": False,
+    "function_calling": True,
+    "json_output": True,
+    "family": ModelFamily.UNKNOWN,
+    "structured_output": False,
+    "multiple_system_messages": False,
+}
+
 
 def anthropic_model_info(model: str) -> ModelInfo:
     """Explicit model info: autogen-ext's table does not know every current Claude name."""
@@ -88,14 +103,42 @@ def live_client(settings: LlmSettings) -> ChatCompletionClient:
     return OpenAIChatCompletionClient(**common, model_info=GENERIC_MODEL_INFO)
 
 
+# --- provider errors -------------------------------------------------------------------------
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a provider error: HTTP status, the provider's error type and message."""
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    kind = err.get("type", "") if isinstance(err, dict) else ""
+    detail = err.get("message", "") if isinstance(err, dict) else ""
+    if status is not None:
+        text = f"HTTP {status}" + (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
+    elif isinstance(exc, (anthropic.APIConnectionError, openai.APIConnectionError)):
+        text = f"connection failed: {exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:300]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another attempt: a connection failure, the provider's own advice, else the status."""
+    if isinstance(exc, (anthropic.APIConnectionError, openai.APIConnectionError)):
+        return True  # includes timeouts
+    response = getattr(exc, "response", None)
+    advice = response.headers.get("x-should-retry") if response is not None else None
+    if advice in ("true", "false"):
+        return advice == "true"  # the provider's own advice, as its SDKs follow it
+    return getattr(exc, "status_code", None) in TRANSIENT_STATUS
+
+
 # --- preflight -------------------------------------------------------------------------------
 
 
 async def preflight(settings: LlmSettings) -> None:
     """Check the provider before any training is spent; raises LlmError with one line."""
     if settings.replaying:
-        from agentnas.agents.replay import ReplaySource
-
         ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)  # raises if unusable
         if settings.on_divergence != "live":
             return

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from agentnas.agents.llm import LlmError
+from agentnas.agents.llm_settings import LlmError
 from agentnas.bus import messages as m
 from agentnas.store.log import EventLog, LogError
 

@@ -1,4 +1,5 @@
-"""Resolve a role name to the class that serves it (`[agents]` in the config, `module:Class`)."""
+"""Resolve a role name to the class that serves it: `[agents]` in the config names one as
+`module:Class`, or leaves it "" for the built-in class below."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import importlib
 
 from agentnas.bus.config import Config
 
-ROLES = ("planner", "explorer", "code_executor")
+BUILT_IN = {
+    "planner": "agentnas.agents.planner:LlmPlanner",
+    "explorer": "agentnas.agents.explorer:ExplorerRole",
+    "code_executor": "agentnas.agents.code_executor:CodeExecutorRole",
+}
+ROLES = tuple(BUILT_IN)
 RULE_PLANNER = "agentnas.agents.planner:RulePlannerRole"
 
 
@@ -17,7 +23,7 @@ class RoleError(ValueError):
 def role_class(config: Config, role: str) -> type:
     if role not in ROLES:
         raise RoleError(f"unknown agent role '{role}'; roles: {', '.join(ROLES)}")
-    path = getattr(config.agents, role)
+    path = getattr(config.agents, role) or BUILT_IN[role]
     module_name, _, class_name = path.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)

@@ -84,7 +84,8 @@ class AgentService:
 
     def client_for(self, ctx: Context, agent: str):
         """A recording LLM client whose events go out through this piece of work."""
-        from agentnas.agents.llm import Ledger, LlmSettings, make_client
+        from agentnas.agents.llm import make_client
+        from agentnas.agents.llm_settings import Ledger, LlmSettings
 
         run = ctx.state.config
         settings = LlmSettings.from_config(self.config.llm, run.get("llm_spec") or None,
@@ -163,7 +164,7 @@ class AgentService:
 
     async def _decisive_failure(self, context: Context, exc: Exception) -> bool:
         """Failures that retrying cannot fix end the phase or the run at once, with the reason."""
-        from agentnas.agents.llm import BudgetExceeded
+        from agentnas.agents.llm_settings import BudgetExceeded
         from agentnas.agents.replay import ReplayDivergence, ReplayError
 
         if isinstance(exc, BudgetExceeded):

@@ -93,11 +93,13 @@ class TrainerConfig(_Section):
 
 
 class AgentsConfig(_Section):
-    """Which implementation serves each role, as `module:Class` (swap without code changes)."""
+    """Which implementation serves each role, as `module:Class` (swap without code changes);
+    "" = the role's built-in class (the agents package keeps that table, in roles.py, so that
+    bus names no module above it)."""
 
-    planner: str = "agentnas.agents.planner:LlmPlanner"
-    explorer: str = "agentnas.agents.explorer:ExplorerRole"
-    code_executor: str = "agentnas.agents.code_executor:CodeExecutorRole"
+    planner: str = ""  # "" = the LLM planner
+    explorer: str = ""  # "" = the Data Explorer
+    code_executor: str = ""  # "" = the Code Executor
 
 
 class LogConfig(_Section):

@@ -242,7 +242,7 @@ def run(
     nats_url: Annotated[Optional[str], typer.Option(help="Use this NATS server instead of starting one.")] = None,
 ) -> None:
     """Run the pipeline on a task end to end, with live progress."""
-    from agentnas.agents.llm import LlmError, LlmSettings
+    from agentnas.agents.llm_settings import LlmError, LlmSettings
     from agentnas.agents.providers import preflight
     from agentnas.agents.roles import RULE_PLANNER
     from agentnas.ops.run import run_pipeline

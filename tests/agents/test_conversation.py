@@ -5,7 +5,8 @@ import json
 import pytest
 
 from agentnas.agents.conversation import Unusable, ask_parsed
-from agentnas.agents.llm import Ledger, LlmSettings, make_client
+from agentnas.agents.llm import make_client
+from agentnas.agents.llm_settings import Ledger, LlmSettings
 from agentnas.agents.prompts import Rendered
 from agentnas.agents.protocol import parse_code, parse_planner
 from tests.fakes.llm_server import fake_llm

@@ -8,15 +8,8 @@ import pytest
 from autogen_core.models import SystemMessage, UserMessage
 from structlog.testing import capture_logs
 
-from agentnas.agents.llm import (
-    BudgetExceeded,
-    Ledger,
-    LlmError,
-    LlmSettings,
-    RecordingClient,
-    make_client,
-    parse_provider,
-)
+from agentnas.agents.llm import RecordingClient, make_client
+from agentnas.agents.llm_settings import BudgetExceeded, Ledger, LlmError, LlmSettings, parse_provider
 from agentnas.agents.providers import preflight
 from agentnas.bus import messages as m
 from agentnas.bus.config import LlmConfig

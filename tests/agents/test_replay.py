@@ -8,7 +8,8 @@ import json
 import pytest
 from autogen_core.models import AssistantMessage, SystemMessage, UserMessage
 
-from agentnas.agents.llm import Ledger, LlmError, LlmSettings, RecordingClient, make_client
+from agentnas.agents.llm import RecordingClient, make_client
+from agentnas.agents.llm_settings import Ledger, LlmError, LlmSettings
 from agentnas.agents.providers import preflight
 from agentnas.agents.replay import (
     RecordedCall,
