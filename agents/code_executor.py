@@ -16,20 +16,20 @@ import structlog
 
 from agentnas.agents import prompts as p
 from agentnas.agents.conversation import Unusable, ask_parsed
-from agentnas.agents.phase1 import Arch, Phase1State
-from agentnas.agents.planner import caps, task_info
+from agentnas.agents.evaluations import evaluation
 from agentnas.agents.protocol import parse_code, referenced_arch_ids
 from agentnas.agents.runtime import Context, Work
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
+from agentnas.store.state import Arch, RunState
 
 log = structlog.get_logger("agentnas.code_executor")
 
 TRACEBACK_CHARS = 3000
 
 
-def max_attempts(state: Phase1State) -> int:
-    return 1 + int(state.setting("phase1", "code_retries", 10))
+def max_attempts(state: RunState) -> int:
+    return 1 + state.settings.phase1.code_retries
 
 
 class CodeExecutorRole:
@@ -38,12 +38,12 @@ class CodeExecutorRole:
     def __init__(self, config: Config, home: Path) -> None:
         self.config, self.home = config, home
 
-    def due(self, state: Phase1State) -> list[Work]:
+    def due(self, state: RunState) -> list[Work]:
         work = []
-        for arch in state.archs.values():
+        for arch in state.phase1.archs.values():
             if arch.implemented or arch.rejected or arch.proxy_eval_id:
                 continue
-            if state.stopped is not None and not arch.attempts:
+            if state.phase1.stopped is not None and not arch.attempts:
                 continue  # the phase ended before this one was started
             last = arch.attempts[-1] if arch.attempts else None
             key = f"{state.run_id}:{arch.arch_id}"
@@ -59,13 +59,13 @@ class CodeExecutorRole:
         return work
 
     @staticmethod
-    def limit(state: Phase1State, arch: Arch) -> int:
+    def limit(state: RunState, arch: Arch) -> int:
         # Code the planner wrote itself cannot be fixed by us: one attempt.
         return 1 if arch.proposal.source else max_attempts(state)
 
     async def attempt(self, ctx: Context, arch_id: str) -> None:
         state = ctx.state
-        arch = state.archs[arch_id]
+        arch = state.phase1.archs[arch_id]
         if arch.proposal.source:
             source, recipe = arch.proposal.source, arch.proposal.recipe
             causation = None
@@ -79,24 +79,21 @@ class CodeExecutorRole:
                                                       attempts=len(arch.attempts) + 1))
                 return
             causation = ctx.last_response_id
-        await ctx.emit(m.EvaluationRequested(
-            eval_id=f"{state.run_id}-{arch_id}-v{len(arch.attempts) + 1}", request="validate", task=state.task,
-            model_source=source, recipe=recipe or arch.proposal.recipe, caps=caps(state, full=False),
-            seed=int(state.config.get("seed", 42)), arch_id=arch_id, phase=1), causation)
+        await ctx.emit(evaluation(state, arch_id=arch_id, request="validate", source=source,
+                                  recipe=recipe or arch.proposal.recipe, phase=1, attempt=len(arch.attempts) + 1),
+                       causation)
 
     async def write_code(self, ctx: Context, arch: Arch) -> tuple[str, dict | str]:
         state = ctx.state
-        spec = task_info(state)
-        blind = bool(spec.get("blind", False))
-        referenced = {a: state.archs[a].source for a in referenced_arch_ids(arch.proposal.description, state.archs)
-                      if a in state.archs and state.archs[a].source}
+        task, archs = state.settings.task, state.phase1.archs
+        referenced = {a: archs[a].source for a in referenced_arch_ids(arch.proposal.description, archs)
+                      if a in archs and archs[a].source}
         recipe = arch.proposal.recipe if isinstance(arch.proposal.recipe, str) else json.dumps(arch.proposal.recipe)
         implement = p.render(
             "code_executor_implement", arch_id=arch.arch_id, description=arch.proposal.description,
-            task=p.task_block(spec, blind), input_shape=p.batch_shape(spec["input_shape"]),
-            output_shape=p.batch_shape(spec["output_shape"]),
-            max_params=str(state.setting("phase1", "max_params", "no fixed limit")),
-            memory_cap_mb=f"{state.config.get('proxy', {}).get('memory_cap_mb', 11264.0):g}",
+            task=p.task_block(task, task.blind), input_shape=p.batch_shape(task.input_shape),
+            output_shape=p.batch_shape(task.output_shape), max_params="no fixed limit",
+            memory_cap_mb=f"{state.settings.proxy.memory_cap_mb:g}",
             recipe=recipe, referenced_code=p.referenced_code_block(referenced), whitelist=p.recipe_whitelist())
         # The conversation: the implement prompt, then one (answer, fix prompt) pair per failed attempt.
         history: list[tuple[str, str]] = []
@@ -112,18 +109,16 @@ class CodeExecutorRole:
 
     async def accept(self, ctx: Context, arch_id: str) -> None:
         state = ctx.state
-        arch = state.archs[arch_id]
+        arch = state.phase1.archs[arch_id]
         last = arch.attempts[-1]
         recipe = last.recipe if isinstance(last.recipe, dict) else {}
         implemented = await ctx.emit(m.ArchitectureImplemented(arch_id=arch_id, source=last.source, recipe=recipe,
                                                                attempts=len(arch.attempts), validation_eval_id=last.eval_id))
-        await ctx.emit(m.EvaluationRequested(
-            eval_id=f"{state.run_id}-{arch_id}-proxy", request="proxy", task=state.task, model_source=last.source,
-            recipe=last.recipe, caps=caps(state, full=False), seed=int(state.config.get("seed", 42)),
-            arch_id=arch_id, phase=1), implemented.id)
+        await ctx.emit(evaluation(state, arch_id=arch_id, request="proxy", source=last.source, recipe=last.recipe,
+                                  phase=1), implemented.id)
 
     async def reject(self, ctx: Context, arch_id: str) -> None:
-        arch = ctx.state.archs[arch_id]
+        arch = ctx.state.phase1.archs[arch_id]
         last = arch.attempts[-1]
         await ctx.emit(m.ArchitectureRejected(arch_id=arch_id, reason=f"{last.status}: {last.reason}"[:300],
                                               attempts=len(arch.attempts)))

@@ -9,18 +9,18 @@ no-LLM baseline. Another implementation is named in the config as `module:Class`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from agentnas.agents import prompts as p
 from agentnas.agents.conversation import Unusable, ask_parsed
-from agentnas.agents.phase1 import Arch, Phase1State
 from agentnas.agents.protocol import Experiment, Explore, Stop, format_arch_id, parse_planner
 from agentnas.agents.rule_planner import RulePlanner, TaskInfo
+from agentnas.agents.evaluations import evaluation
 from agentnas.agents.runtime import Context, Work
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
+from agentnas.store.state import Arch, RunState
 
 log = structlog.get_logger("agentnas.planner")
 
@@ -28,19 +28,10 @@ MAX_PLANNER_FAILURES = 3
 DEFAULT_PARALLEL = 4
 
 
-def task_info(state: Phase1State) -> dict[str, Any]:
-    return state.config.get("task_spec", {})
-
-
-def caps(state: Phase1State, full: bool) -> m.Caps:
-    proxy = state.config.get("proxy", {})
-    time_s = proxy.get("full_time_cap_s", 86400.0) if full else proxy.get("time_cap_s", 3600.0)
-    return m.Caps(time_s=time_s, memory_mb=proxy.get("memory_cap_mb", 11264.0))
-
-
-def n_parallel(state: Phase1State) -> int:
-    wanted = int(state.setting("phase1", "n_parallel", 0)) or DEFAULT_PARALLEL
-    return max(1, min(wanted, state.budget - state.budget_used))
+def n_parallel(state: RunState) -> int:
+    settings = state.settings.phase1
+    wanted = settings.n_parallel or DEFAULT_PARALLEL
+    return max(1, min(wanted, settings.budget - state.phase1.budget_used))
 
 
 class PlannerRole:
@@ -51,31 +42,35 @@ class PlannerRole:
 
     # --- what is due ---------------------------------------------------------------------
 
-    def due(self, state: Phase1State) -> list[Work]:
-        if state.seed is not None:
-            if tuple(state.config.get("phases", (1,))) == (1,):
+    def due(self, state: RunState) -> list[Work]:
+        phase1 = state.phase1
+        if not state.settings.runs_phase(1):
+            return []
+        if phase1.seed is not None:
+            if state.settings.phases == (1,):
                 return [Work(key=f"{state.run_id}:finish", run_id=state.run_id, action=self.finish)]
             return []
-        if state.stopped is not None:
+        if phase1.stopped is not None:
             return self._full_training_work(state)
-        if not state.awaiting_planner:
+        if not phase1.awaiting_planner:
             return []
         reason = self.stop_reason(state)
         if reason:
             return [Work(key=f"{state.run_id}:stop", run_id=state.run_id,
                          action=lambda ctx, reason=reason: self.stop(ctx, reason, []))]
-        return [Work(key=f"{state.run_id}:turn:{state.planner_turns}", run_id=state.run_id, action=self.turn)]
+        return [Work(key=f"{state.run_id}:turn:{phase1.planner_turns}", run_id=state.run_id, action=self.turn)]
 
-    def stop_reason(self, state: Phase1State) -> str:
-        if state.budget_used >= state.budget:
-            return f"budget: {state.budget_used} of {state.budget} evaluations used"
-        if state.since_improvement >= state.patience:
-            return f"patience: {state.since_improvement} successful evaluations without improvement"
-        if state.planner_failures >= MAX_PLANNER_FAILURES:
-            return f"planner: {state.planner_failures} unusable answers in a row"
+    def stop_reason(self, state: RunState) -> str:
+        phase1, settings = state.phase1, state.settings.phase1
+        if phase1.budget_used >= settings.budget:
+            return f"budget: {phase1.budget_used} of {settings.budget} evaluations used"
+        if phase1.since_improvement >= settings.patience:
+            return f"patience: {phase1.since_improvement} successful evaluations without improvement"
+        if phase1.planner_failures >= MAX_PLANNER_FAILURES:
+            return f"planner: {phase1.planner_failures} unusable answers in a row"
         return ""
 
-    def _full_training_work(self, state: Phase1State) -> list[Work]:
+    def _full_training_work(self, state: RunState) -> list[Work]:
         chosen = self.finalists(state)
         if any(not a.wave1_eval_id for a in chosen):
             return [Work(key=f"{state.run_id}:wave1", run_id=state.run_id, action=self.request_wave1)]
@@ -87,14 +82,14 @@ class PlannerRole:
 
     # --- decisions shared by every planner ---------------------------------------------------
 
-    def finalists(self, state: Phase1State) -> list[Arch]:
+    def finalists(self, state: RunState) -> list[Arch]:
         """The top-k (by proxy metric) of the architectures STOP named, or of all of them."""
-        top_k = int(state.setting("phase1", "top_k_full", 8))
-        board = state.leaderboard()
-        named = set(state.stopped.arch_ids) if state.stopped and state.stopped.arch_ids else None
+        phase1 = state.phase1
+        board = phase1.leaderboard()
+        named = set(phase1.stopped.arch_ids) if phase1.stopped and phase1.stopped.arch_ids else None
         if named:
-            board = [a for a in board if a.arch_id in named] or state.leaderboard()
-        return board[:top_k]
+            board = [a for a in board if a.arch_id in named] or phase1.leaderboard()
+        return board[:state.settings.phase1.top_k_full]
 
     async def stop(self, ctx: Context, reason: str, arch_ids: list[str]) -> None:
         log.info("phase 1 stopping", reason=reason)
@@ -105,10 +100,8 @@ class PlannerRole:
         for arch in self.finalists(state):
             if arch.wave1_eval_id:
                 continue
-            await ctx.emit(m.EvaluationRequested(
-                eval_id=f"{state.run_id}-{arch.arch_id}-wave1", request="final_wave1", task=state.task,
-                model_source=arch.source, recipe=arch.recipe, caps=caps(state, full=True),
-                seed=int(state.config.get("seed", 42)), arch_id=arch.arch_id, phase=1))
+            await ctx.emit(evaluation(state, arch_id=arch.arch_id, request="final_wave1", source=arch.source,
+                                      recipe=arch.recipe, phase=1))
 
     async def select_seed(self, ctx: Context) -> None:
         done = [a for a in self.finalists(ctx.state) if a.wave1_status == "ok" and a.wave1_metric is not None]
@@ -124,9 +117,10 @@ class PlannerRole:
 
     async def finish(self, ctx: Context) -> None:
         state = ctx.state
-        seed = state.seed
+        seed = state.phase1.seed
         await ctx.emit(m.RunFinished(summary={"seed": seed.arch_id, "seed_val_metric": seed.val_metric,
-                                              "budget_used": state.budget_used, "stopped": state.stopped.reason}))
+                                              "budget_used": state.phase1.budget_used,
+                                              "stopped": state.phase1.stopped.reason}))
 
     async def turn(self, ctx: Context) -> None:
         raise NotImplementedError
@@ -134,19 +128,19 @@ class PlannerRole:
     # --- shared helpers for turns ----------------------------------------------------------------
 
     @staticmethod
-    def next_arch_number(state: Phase1State) -> int:
-        numbers = [int(a.split("_")[1]) for a in state.archs if a.startswith("arch_") and a[5:].isdigit()]
+    def next_arch_number(state: RunState) -> int:
+        numbers = [int(a.split("_")[1]) for a in state.phase1.archs if a.startswith("arch_") and a[5:].isdigit()]
         return max(numbers, default=0) + 1
 
     async def emit_decision(self, ctx: Context, decision: Explore | Experiment | Stop, causation: str | None) -> None:
         state = ctx.state
         if decision.summary:
-            await ctx.emit(m.BatchSummarized(batch=state.batches, summary=decision.summary), causation)
+            await ctx.emit(m.BatchSummarized(batch=state.phase1.batches, summary=decision.summary), causation)
         match decision:
             case Explore(question=question):
                 await ctx.emit(m.ExplorationRequested(question=question), causation)
             case Experiment(proposals=proposals):
-                await ctx.emit(m.ExperimentProposed(batch=state.batches + 1, proposals=proposals), causation)
+                await ctx.emit(m.ExperimentProposed(batch=state.phase1.batches + 1, proposals=proposals), causation)
             case Stop(arch_ids=arch_ids):
                 await self.stop(ctx, "planner chose STOP", arch_ids)
 
@@ -156,36 +150,33 @@ class RulePlannerRole(PlannerRole):
 
     async def turn(self, ctx: Context) -> None:
         state = ctx.state
-        spec = task_info(state)
-        info = TaskInfo(input_shape=tuple(spec["input_shape"]), output_shape=tuple(spec["output_shape"]),
-                        loss=spec["loss"])
-        planner = RulePlanner(info, n_parallel(state), state.budget, seed=int(state.config.get("seed", 42)))
-        results = [(a.arch_id, a.proxy_metric, a.status) for a in state.archs.values()]
+        task = state.settings.task
+        info = TaskInfo(input_shape=tuple(task.input_shape), output_shape=tuple(task.output_shape), loss=task.loss)
+        planner = RulePlanner(info, n_parallel(state), state.settings.phase1.budget, seed=state.settings.seed)
+        results = [(a.arch_id, a.proxy_metric, a.status) for a in state.phase1.archs.values()]
         await self.emit_decision(ctx, planner.decide(results), None)
 
 
 class LlmPlanner(PlannerRole):
     """The LLM planner: one multi-turn conversation per run, rebuilt from the log each turn."""
 
-    def turn_prompt(self, state: Phase1State) -> p.Rendered:
-        spec = task_info(state)
-        blind = bool(spec.get("blind", False))
-        proxy = state.config.get("proxy", {})
-        last = state.batch_archs(state.batches)
-        reports = [e.report for e in state.explorations if e.report]
+    def turn_prompt(self, state: RunState) -> p.Rendered:
+        task, settings, phase1 = state.settings.task, state.settings, state.phase1
+        last = phase1.batch_archs(phase1.batches)
+        reports = [e.report for e in phase1.explorations if e.report]
         return p.render(
             "planner_turn",
-            task=p.task_block(spec, blind),
-            published_best=p.published_best_text(spec.get("published_best"), blind=blind),
-            budget_used=state.budget_used, budget_total=state.budget,
-            patience=state.since_improvement, patience_limit=state.patience,
+            task=p.task_block(task, task.blind),
+            published_best=p.published_best_text(task.published_best, blind=task.blind),
+            budget_used=phase1.budget_used, budget_total=settings.phase1.budget,
+            patience=phase1.since_improvement, patience_limit=settings.phase1.patience,
             n_parallel=n_parallel(state), next_arch_id=format_arch_id(self.next_arch_number(state)),
-            memory_cap_mb=f"{proxy.get('memory_cap_mb', 11264.0):g}",
-            proxy_fraction=f"{proxy.get('fraction', 0.3):g}",
-            time_cap_min=f"{proxy.get('time_cap_s', 3600.0) / 60:g}",
+            memory_cap_mb=f"{settings.proxy.memory_cap_mb:g}",
+            proxy_fraction=f"{settings.proxy.fraction:g}",
+            time_cap_min=f"{settings.proxy.time_cap_s / 60:g}",
             whitelist=p.recipe_whitelist(),
             explorer_report="\n\n".join(reports) or "no exploration yet",
-            leaderboard=p.results_table([_row(a) for a in state.leaderboard()[:10]]),
+            leaderboard=p.results_table([_row(a) for a in phase1.leaderboard()[:10]]),
             last_results=p.results_table([_row(a) for a in last], empty="no batch has run yet"),
         )
 
@@ -193,11 +184,11 @@ class LlmPlanner(PlannerRole):
         state = ctx.state
         client = ctx.llm(self.name)
         system = p.render("planner_system")
-        known = list(state.archs)
+        known = list(state.phase1.archs)
         parse = lambda text: parse_planner(text, n_parallel=n_parallel(state), known_arch_ids=known)  # noqa: E731
         try:
-            decision, _, _ = await ask_parsed(client, self.name, system, state.history(self.name),
-                                              self.turn_prompt(state), parse, state.unconsumed(self.name))
+            decision, _, _ = await ask_parsed(client, self.name, system, state.llm.history(self.name),
+                                              self.turn_prompt(state), parse, state.llm.unconsumed(self.name))
         except Unusable as exc:
             await ctx.emit(m.AgentOutputRejected(agent=self.name, reason=exc.reason, attempts=exc.attempts),
                            ctx.last_response_id)

@@ -1,11 +1,15 @@
-"""The service loop every Phase 1 agent runs in.
+"""The service loop every agent runs in.
 
-An agent replays every run's events from the EVENTS stream (an ordered consumer from the
-start: this is how it rebuilds its state on start-up, on any machine), folds them with
-`phase1.fold`, and once it has caught up asks its role what work is due. Each piece of due
-work has a key; work with a key already in flight is not started twice, and work that
-publishes its events changes the state so that it is no longer due. A role is therefore a
-pure function of the state plus the effects it performs; nothing else is kept in memory.
+An agent follows only the runs that have not ended: it learns which from the last
+lifecycle event of every run in the EVENTS stream (`run.requested` ... `run.finished`,
+one ordered consumer, last per subject, which survives any restart), and replays each
+active run's events from the start with an ordered consumer filtered to that run. So it
+starts in time proportional to its own runs, not to the whole history. Each run's events
+are folded into the one run state (`store/state`); once a run is caught up, the agent asks
+its role what work is due. Each piece of due work has a key; work with a key already in
+flight is not started twice, and work that publishes its events changes the state so that
+it is no longer due. A role is therefore a pure function of the state plus the effects it
+performs; nothing else is kept in memory.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from agentnas.bus import subjects
 from agentnas.bus.config import Config
 from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.publish import publish
-from agentnas.agents.phase1 import Phase1State, fold
+from agentnas.store.state import RunState, fold
 
 log = structlog.get_logger("agentnas.agent")
 
@@ -43,7 +47,7 @@ class Work(msgspec.Struct, frozen=True, kw_only=True):
 class Context:
     """What a piece of work may use: the state it was derived from and a way to publish."""
 
-    def __init__(self, agent: "AgentService", state: Phase1State) -> None:
+    def __init__(self, agent: "AgentService", state: RunState) -> None:
         self.agent = agent
         self.state = state
         self.run_id = state.run_id
@@ -61,23 +65,27 @@ class Context:
         """A recording LLM client for this piece of work (its events cite the run and the work)."""
         return self.agent.client_for(self, agent)
 
-    def latest_state(self) -> Phase1State:
+    def latest_state(self) -> RunState:
         return self.agent.states.get(self.run_id, self.state)
 
 
 class Role(Protocol):
     name: str
 
-    def due(self, state: Phase1State) -> list[Work]: ...
+    def due(self, state: RunState) -> list[Work]: ...
 
 
 class AgentService:
     def __init__(self, role: Role, js, config: Config, home: Path) -> None:
         self.role, self.js, self.config, self.home = role, js, config, home
         self.sender = m.Sender(agent=role.name, instance=f"{socket.gethostname()}:{os.getpid()}")
-        self.states: dict[str, Phase1State] = {}
+        self.states: dict[str, RunState] = {}
         self.in_flight: dict[str, asyncio.Task] = {}
-        self.caught_up = False
+        self.feeds: dict[str, Any] = {}  # run id -> its ordered consumer
+        self.caught_up: set[str] = set()  # runs replayed up to the end of the stream
+        self.ended: set[str] = set()
+        self.seen: set[str] = set()  # runs met in the lifecycle snapshot
+        self.snapshot_read = False
         self.failures: dict[str, int] = {}
         self.unseen: set[str] = set()  # ids we published that the stream has not brought back yet
         self._replay = None  # one replay source per process, shared by its clients
@@ -87,9 +95,11 @@ class AgentService:
         from agentnas.agents.llm import make_client
         from agentnas.agents.llm_settings import Ledger, LlmSettings
 
-        run = ctx.state.config
-        settings = LlmSettings.from_config(self.config.llm, run.get("llm_spec") or None,
-                                           on_divergence=run.get("on_divergence", "stop"))
+        run = ctx.state.settings
+        settings = LlmSettings.from_config(self.config.llm, run.llm_spec or None, on_divergence=run.on_divergence)
+        # the caps are the run's, fixed when it was requested
+        settings = msgspec.structs.replace(settings, token_cap=run.llm_caps.token_cap,
+                                           cost_cap_usd=run.llm_caps.cost_cap_usd)
 
         async def emit(payload: m.Kind) -> None:
             env = await ctx.emit(payload)
@@ -100,22 +110,20 @@ class AgentService:
             from agentnas.agents.replay import ReplaySource
 
             self._replay = ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)
-        ledger = Ledger.for_settings(settings, ctx.latest_state())  # caps count the whole run's spending
+        ledger = Ledger.for_settings(settings, ctx.latest_state().llm)  # caps count the whole run's spending
         return make_client(settings, agent, emit, ledger, replay=self._replay)
 
     def on_event(self, env: m.Envelope) -> None:
         self.unseen.discard(env.id)
         if env.run_id == subjects.SYSTEM_RUN or isinstance(env.payload, (m.EvaluationProgress, m.AgentHeartbeat)):
             return
-        state = self.states.get(env.run_id) or Phase1State(run_id=env.run_id)
+        state = self.states.get(env.run_id) or RunState(run_id=env.run_id)
         self.states[env.run_id] = fold(state, env)
 
     def dispatch(self) -> None:
         """Start every due piece of work that is not already running."""
-        if not self.caught_up:
-            return
         for run_id, state in self.states.items():
-            if not state.requested or state.finished:
+            if run_id not in self.caught_up or not state.requested or state.ended:
                 continue
             for work in self.role.due(state):
                 if work.key in self.in_flight:
@@ -123,7 +131,7 @@ class AgentService:
                 task = asyncio.create_task(self._perform(work, state), name=work.key)
                 self.in_flight[work.key] = task
 
-    async def _perform(self, work: Work, state: Phase1State) -> None:
+    async def _perform(self, work: Work, state: RunState) -> None:
         structlog.contextvars.bind_contextvars(run_id=work.run_id, agent=self.role.name, work=work.key)
         context = Context(self, state)
         try:
@@ -146,7 +154,7 @@ class AgentService:
             # Keep the key in flight until our own events have come back through the stream,
             # so the same work is not derived again from a state that does not show it yet.
             for _ in range(1000):
-                if not self.unseen.intersection(context.emitted):
+                if not self.unseen.intersection(context.emitted) or context.run_id in self.ended:
                     break
                 await asyncio.sleep(0.01)
             self.in_flight.pop(work.key, None)
@@ -169,7 +177,7 @@ class AgentService:
 
         if isinstance(exc, BudgetExceeded):
             log.warning("LLM cap reached; stopping the phase", error=str(exc))
-            if context.latest_state().stopped is None:
+            if context.latest_state().phase1.stopped is None:
                 await context.emit(m.PhaseStopped(phase=1, reason=f"LLM cap: {exc}"))
             return True
         if isinstance(exc, (ReplayDivergence, ReplayError)):
@@ -178,18 +186,63 @@ class AgentService:
             return True
         return False
 
+    async def follow(self, run_id: str, queue: asyncio.Queue) -> None:
+        """Replay one run's events from its start, then keep following it."""
+        async def on_msg(msg) -> None:
+            queue.put_nowait((run_id, msg))
+
+        feed = await self.js.subscribe(subjects.run_events_filter(run_id), ordered_consumer=True, cb=on_msg,
+                                       deliver_policy=api.DeliverPolicy.ALL)
+        self.feeds[run_id] = feed
+        log.info("following run", run_id=run_id)
+
+    async def forget(self, run_id: str) -> None:
+        """The run ended: stop following it and drop its state."""
+        self.ended.add(run_id)
+        feed = self.feeds.pop(run_id, None)
+        if feed is not None:
+            try:
+                await feed.unsubscribe()
+            except Exception as exc:  # the bus may be away; the consumer is ephemeral in any case
+                log.warning("could not unsubscribe from an ended run", run_id=run_id, error=str(exc))
+        self.states.pop(run_id, None)
+        self.caught_up.discard(run_id)
+
+    async def on_lifecycle(self, msg, queue: asyncio.Queue) -> None:
+        """The newest lifecycle event of a run: follow it if it has not ended, forget it if it has.
+
+        The first events are a snapshot (the last one per subject); a run's `run.requested`
+        comes before its `run.finished` there, so the snapshot is read whole before any run is
+        followed, and a finished run is never replayed."""
+        run_id, kind = subjects.parse_event_subject(msg.subject)
+        if run_id is not None and run_id != subjects.SYSTEM_RUN and run_id not in self.ended:
+            if kind in subjects.RUN_END_KINDS:
+                self.ended.add(run_id)
+                if run_id in self.feeds:
+                    await self.forget(run_id)
+            elif self.snapshot_read and run_id not in self.feeds:
+                await self.follow(run_id, queue)
+            elif not self.snapshot_read:
+                self.seen.add(run_id)
+        if not self.snapshot_read and msg.metadata.num_pending == 0:
+            await self.end_of_snapshot(queue)
+
+    async def end_of_snapshot(self, queue: asyncio.Queue) -> None:
+        self.snapshot_read = True
+        for run_id in sorted(self.seen - self.ended):
+            await self.follow(run_id, queue)
+        self.seen.clear()
+
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def on_msg(msg) -> None:
-            queue.put_nowait(msg)
+        async def on_lifecycle(msg) -> None:
+            queue.put_nowait((None, msg))
 
-        info = await self.js.stream_info(subjects.EVENTS_STREAM)
-        target = info.state.last_seq
-        sub = await self.js.subscribe(subjects.EVENTS_SUBJECTS, ordered_consumer=True, cb=on_msg,
-                                      deliver_policy=api.DeliverPolicy.ALL)
-        if target == 0:
-            self.caught_up = True
+        # The last lifecycle event of every run still in the stream, then every new one: which
+        # runs are active. Finished runs are never replayed.
+        lifecycle = await self.js.subscribe(subjects.RUN_LIFECYCLE_FILTER, ordered_consumer=True, cb=on_lifecycle,
+                                            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
         await publish(self.js, m.make_event(m.AgentStarted(role=self.role.name, pid=os.getpid(), host=socket.gethostname()),
                                             run_id=subjects.SYSTEM_RUN, sender=self.sender))
         if ready is not None:
@@ -198,23 +251,28 @@ class AgentService:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         while not stop.is_set():
             try:
-                msg = await asyncio.wait_for(queue.get(), timeout=0.5)
+                run_id, msg = await asyncio.wait_for(queue.get(), timeout=0.5)
             except asyncio.TimeoutError:
-                if not self.caught_up:
-                    self.caught_up = True  # nothing more arrived: the stream is replayed
+                if not self.snapshot_read:
+                    await self.end_of_snapshot(queue)  # no lifecycle event in the stream at all
                 self.dispatch()
                 continue
-            try:
-                env = m.decode(msg.data)
-            except m.UndecodableMessage:
-                continue
-            self.on_event(env)
-            if not self.caught_up and msg.metadata.sequence.stream >= target:
-                self.caught_up = True
+            if run_id is None:
+                await self.on_lifecycle(msg, queue)
+            elif run_id in self.feeds:
+                try:
+                    env = m.decode(msg.data)
+                except m.UndecodableMessage:
+                    env = None
+                if env is not None:
+                    self.on_event(env)
+                if msg.metadata.num_pending == 0:
+                    self.caught_up.add(run_id)  # replayed up to the end of the stream
             if queue.empty():
                 self.dispatch()
         heartbeat.cancel()
-        await sub.unsubscribe()
+        for feed in [lifecycle, *self.feeds.values()]:
+            await feed.unsubscribe()
         for task in self.in_flight.values():
             task.cancel()
         await asyncio.gather(*self.in_flight.values(), return_exceptions=True)

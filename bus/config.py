@@ -39,6 +39,9 @@ class BusConfig(_Section):
     tls_cert: str = ""
     tls_key: str = ""
     nats_server_binary: str = ""
+    # a finished or failed run's events stay in the EVENTS stream this long after its end, then the
+    # recorder purges them (they are in the SQLite log); nothing uncommitted is ever purged
+    events_retention_s: float = 600.0
 
 
 class LlmConfig(_Section):

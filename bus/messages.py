@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 
 import msgspec
 
+from agentnas.bus.settings import RunSettings
+
 SCHEMA_VERSION = 1
 
 # Statuses of a finished evaluation (PROTOCOL.md): only `ok` counts toward patience.
@@ -33,8 +35,9 @@ class Kind(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 class RunRequested(Kind, tag="run.requested"):
     task: str
     phases: tuple[int, ...] = (1, 2, 3)
-    config: dict[str, Any] = {}  # the effective configuration, as plain data
+    config: dict[str, Any] = {}  # before typed settings: the configuration as plain data (old logs)
     note: str = ""
+    settings: RunSettings | None = None  # the run's typed settings; None only in old logs
 
 
 class RunStarted(Kind, tag="run.started"):

@@ -26,6 +26,9 @@ TRAINERS_DURABLE = "trainers"
 
 EVENTS_SUBJECTS = f"{PREFIX}.evt.>"
 EVAL_REQUESTS_FILTER = f"{PREFIX}.evt.*.evaluation.requested"
+# run.requested, run.started, run.finished, run.failed (and any later run.* kind) of every run
+RUN_LIFECYCLE_FILTER = f"{PREFIX}.evt.*.run.>"
+RUN_END_KINDS = ("run.finished", "run.failed")
 
 # Supervisor and other events that belong to no run.
 SYSTEM_RUN = "_system"
@@ -45,6 +48,14 @@ def event_subject(run_id: str, kind: str) -> str:
 
 def run_events_filter(run_id: str) -> str:
     return f"{PREFIX}.evt.{run_id}.>"
+
+
+def parse_event_subject(subject: str) -> tuple[str | None, str]:
+    """`agentnas.evt.<run>.<kind>` -> (run id, kind); (None, "") for any other subject."""
+    parts = subject.split(".", 3)
+    if len(parts) < 4 or parts[0] != PREFIX or parts[1] != "evt":
+        return None, ""
+    return parts[2], parts[3]
 
 
 def command_subject(agent: str, verb: str) -> str:

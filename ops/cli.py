@@ -26,7 +26,7 @@ from agentnas.bus.logs import configure_logging
 from agentnas.bus.server import NatsServerError
 from agentnas.ops.home import HomeError, log_file, prepare_home
 from agentnas.store.log import EventLog, LogError
-from agentnas.store.projection import load_run_state
+from agentnas.store.log import load_run_state
 from agentnas.trainer_daemon.devices import DeviceError
 from agentnas.agents.roles import RoleError
 

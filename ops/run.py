@@ -13,12 +13,13 @@ from rich.console import Console
 
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
+from agentnas.bus.settings import RunSettings, TaskInfo
 from agentnas.bus.publish import publish
 from agentnas.ops.home import log_file
 from agentnas.ops.up import run_system
 from agentnas.store.log import EventLog, LogError, row_to_envelope
 from agentnas.trainer_daemon.devices import default_concurrency, default_devices, parse_device
-from agentnas.trainer_daemon.tasks import TaskData, load_task
+from agentnas.trainer_daemon.tasks import BUILTIN_TASKS, TaskData, load_task
 
 SENDER = m.Sender(agent="cli")
 
@@ -40,25 +41,22 @@ def export_for_explorer(data: TaskData, folder: Path) -> str:
     return ", ".join(f"{name}.npy" for name in names) + " in the read-only folder named by the environment variable AGENTNAS_DATA"
 
 
-def run_config(config: Config, data: TaskData, task_ref: str, phases: tuple[int, ...], llm: str | None,
-               on_divergence: str, data_dir: Path, data_paths: str) -> dict:
+def task_reference(task_ref: str) -> str:
+    """A built-in task's name, or the absolute path of a task file (workers start elsewhere)."""
+    if task_ref in BUILTIN_TASKS:
+        return task_ref
+    return str(Path(task_ref).expanduser().resolve())
+
+
+def run_settings(config: Config, data: TaskData, task_ref: str, phases: tuple[int, ...], llm: str | None,
+                 on_divergence: str, data_dir: Path, data_paths: str) -> RunSettings:
+    """The run's typed settings, fixed in `run.requested` (no bus credentials, no home path)."""
     spec = data.spec
-    settings = msgspec.to_builtins(config)
-    # The run's configuration is an event, stored forever: no bus credentials, no local paths.
-    settings.pop("bus", None)
-    settings.pop("home", None)
-    return {
-        **settings,
-        "phases": list(phases),
-        "task_spec": {"name": spec.name, "description": spec.description, "input_shape": list(spec.input_shape),
-                      "output_shape": list(spec.output_shape), "loss": spec.loss, "metric": spec.metric,
-                      "blind": spec.blind, "published_best": spec.published_best},
-        "task_ref": task_ref,
-        "llm_spec": llm or "",
-        "on_divergence": on_divergence,
-        "data_dir": str(data_dir),
-        "data_paths": data_paths,
-    }
+    task = TaskInfo(name=spec.name, description=spec.description, input_shape=tuple(spec.input_shape),
+                    output_shape=tuple(spec.output_shape), loss=spec.loss, metric=spec.metric, blind=spec.blind,
+                    published_best=spec.published_best)
+    return RunSettings.from_config(config, task=task, task_ref=task_ref, phases=phases, llm_spec=llm or "",
+                                   on_divergence=on_divergence, data_dir=str(data_dir), data_paths=data_paths)
 
 
 _SHOWN = (m.RunStarted, m.ExplorationRequested, m.ExplorationReported, m.ExperimentProposed, m.ArchitectureRejected,
@@ -133,8 +131,10 @@ async def run_pipeline(config: Config, home: Path, config_path: str | None, task
         config = msgspec.structs.replace(config, phase1=msgspec.structs.replace(config.phase1, n_parallel=slots))
     data_dir = home / "data" / run_id
     data_paths = export_for_explorer(data, data_dir)
+    task_ref = task_reference(task_ref)
     payload = m.RunRequested(task=task_ref, phases=phases,
-                             config=run_config(config, data, task_ref, phases, llm, on_divergence, data_dir, data_paths))
+                             settings=run_settings(config, data, task_ref, phases, llm, on_divergence, data_dir,
+                                                   data_paths))
     outcome = {"status": "interrupted"}
 
     async def body(js, stop: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentnas.store.log import Row
-from agentnas.store.projection import RunState
+from agentnas.store.state import RunState
 
 _MAX_FIELD = 80
 
@@ -33,29 +33,36 @@ def render_state(console: Console, state: RunState) -> None:
     console.print(f"[bold]run {state.run_id}[/bold]: {state.status}" + (f" ({state.failure})" if state.failure else ""))
     if state.task:
         console.print(f"task {state.task}, phases {', '.join(map(str, state.phases))}")
+    evals = state.evals
     console.print(
-        f"events {state.n_events}; evaluations requested {state.evals_requested}, "
-        f"in flight {len(state.in_flight)}, completed {len(state.completed)}"
-        + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(state.evals_by_status.items())) + ")" if state.evals_by_status else "")
+        f"events {state.n_events}; evaluations requested {len(evals.records)}, "
+        f"running {len(evals.in_flight)}, queued {len(evals.queued)}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(evals.by_status.items())) + ")" if evals.by_status else "")
     )
-    for phase, c in sorted(state.phase_counters.items()):
+    phase1 = state.phase1
+    if state.settings is not None and state.settings.runs_phase(1) and (phase1.archs or phase1.explorations):
+        s = state.settings.phase1
+        best = "-" if phase1.best_proxy is None else f"{phase1.best_proxy:.4g}"
         console.print(
-            f"phase {phase}: budget used {c.budget_used}, ok {c.successes}, failed {c.failures}, "
-            f"since improvement {c.since_improvement}, best " + ("-" if c.best_val is None else f"{c.best_val:.4g}")
-        )
-    if state.stopped:
-        console.print(f"search stopped: {state.stopped}")
-    if state.seed_arch:
-        console.print(f"seed: {state.seed_arch} (wave-1 validation {state.seed_val_metric:.4g})")
-    if state.llm_calls:
+            f"phase 1: budget {phase1.budget_used}/{s.budget}, ok {phase1.successes}, "
+            f"failed {phase1.budget_used - phase1.successes}, patience {phase1.since_improvement}/{s.patience}, "
+            f"best proxy {best}")
+        if phase1.stopped:
+            console.print(f"phase 1 stopped: {phase1.stopped.reason}")
+        if phase1.seed:
+            console.print(f"seed: {phase1.seed.arch_id} (wave-1 validation {phase1.seed.val_metric:.4g})")
+    llm = state.llm
+    if llm.calls:
         console.print(
-            f"LLM calls {state.llm_calls} (errors {state.llm_errors}), tokens in {state.input_tokens} "
-            f"out {state.output_tokens}, cost ${state.cost_usd:.4f}"
+            f"LLM calls {llm.calls} (errors {llm.errors}), tokens in {llm.input_tokens} "
+            f"out {llm.output_tokens}, cost ${llm.cost_usd:.4f}"
         )
-    if state.leaderboard:
+    board = evals.leaderboard()
+    if board:
         table = Table("rank", "arch", "phase", "request", "val metric", "params", title="leaderboard")
-        for i, e in enumerate(state.leaderboard, 1):
-            table.add_row(str(i), e.arch_id or e.eval_id, str(e.phase), e.request, f"{e.val_metric:.4g}", str(e.params or "-"))
+        for i, e in enumerate(board, 1):
+            table.add_row(str(i), e.arch_id or e.eval_id, str(e.phase), e.request, f"{e.val_metric:.4g}",
+                          str(e.params or "-"))
         console.print(table)
     if state.agents:
         table = Table("agent", "instance", "status", "restarts", "last seen", title="agents")

@@ -15,6 +15,7 @@ import msgspec
 import sqlite_utils
 
 from agentnas.bus import messages
+from agentnas.store.state.run import STATUS_AFTER, RunState, replay, status_after
 
 
 class LogError(RuntimeError):
@@ -48,14 +49,9 @@ MIGRATIONS: tuple[str, ...] = (
         status TEXT NOT NULL DEFAULT ''
     );
     """,
+    # when the recorder last purged the run's events from the EVENTS stream (retention)
+    "ALTER TABLE runs ADD COLUMN purged_at REAL;",
 )
-
-_RUN_STATUS_BY_KIND = {
-    "run.requested": "requested",
-    "run.started": "running",
-    "run.finished": "finished",
-    "run.failed": "failed",
-}
 
 DEFAULT_NAME = "events.sqlite"
 
@@ -179,14 +175,14 @@ class EventLog:
             )
             added = self.conn.total_changes - before
             if added:
-                self._update_runs(cur, last_seq, {r[1]: r[2] for r in rows if r[2] in _RUN_STATUS_BY_KIND})
+                self._update_runs(cur, last_seq, {r[1] for r in rows if r[2] in STATUS_AFTER})
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         return added
 
-    def _update_runs(self, cur: sqlite3.Cursor, after_seq: int, lifecycle: dict[str, str]) -> None:
+    def _update_runs(self, cur: sqlite3.Cursor, after_seq: int, lifecycle: set[str]) -> None:
         """Fold the rows this transaction added (seq > after_seq) into the runs projection."""
         cur.execute(
             "INSERT INTO runs (run_id, first_seq, last_seq, n_events, first_time, last_time)"
@@ -196,19 +192,31 @@ class EventLog:
             " n_events = n_events + excluded.n_events, last_time = max(last_time, excluded.last_time)",
             (after_seq,),
         )
+        kinds = tuple(STATUS_AFTER)
         for run_id in lifecycle:
-            # The latest lifecycle event in log order decides the status.
-            found = cur.execute(
-                "SELECT kind FROM events WHERE run_id = ? AND kind IN"
-                " ('run.requested', 'run.started', 'run.finished', 'run.failed')"
-                " ORDER BY seq DESC LIMIT 1",
-                (run_id,),
-            ).fetchone()
-            cur.execute(
-                "UPDATE runs SET status = ? WHERE run_id = ?", (_RUN_STATUS_BY_KIND[found[0]], run_id)
+            # the same rule as the run-state fold (store/state/run.py): lifecycle events in log order
+            (status,) = cur.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            added = cur.execute(
+                f"SELECT kind FROM events WHERE run_id = ? AND seq > ? AND kind IN ({', '.join('?' * len(kinds))})"
+                " ORDER BY seq",
+                (run_id, after_seq, *kinds),
             )
+            for (kind,) in added:
+                status = status_after(status, kind)
+            cur.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
 
     # --- reading -------------------------------------------------------------------------
+
+    def runs_to_purge(self, ended_before: float) -> list[str]:
+        """Ended runs whose last event is older than `ended_before` and that were not purged since."""
+        cur = self.conn.execute(
+            "SELECT run_id FROM runs WHERE status IN ('finished', 'failed') AND last_time < ?"
+            " AND (purged_at IS NULL OR purged_at < last_time) ORDER BY last_seq", (ended_before,))
+        return [r[0] for r in cur]
+
+    def mark_purged(self, run_ids: list[str], when: float) -> None:
+        with self.conn:
+            self.conn.executemany("UPDATE runs SET purged_at = ? WHERE run_id = ?", [(when, r) for r in run_ids])
 
     def run_exists(self, run_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
@@ -256,6 +264,10 @@ class EventLog:
         for row in self.iter_rows(run_id, **filters):
             yield row_to_envelope(row)
 
+    def run_state(self, run_id: str) -> RunState:
+        """The run's state: its events folded (store/state)."""
+        return replay(run_id, self.events(run_id))
+
     def count(self, run_id: str | None = None) -> int:
         if run_id is None:
             return self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -283,6 +295,10 @@ def _to_row(e: messages.Envelope) -> tuple:
         _sender_encoder.encode(e.sender).decode(),
         payload,
     )
+
+
+def load_run_state(event_log: EventLog, run_id: str) -> RunState:
+    return event_log.run_state(run_id)
 
 
 def log_path(home: Path) -> Path:

@@ -2,7 +2,13 @@
 
 A durable consumer on EVENTS; each batch of delivered messages is inserted in one transaction and
 acked only after the commit, so a crash anywhere replays the batch, and the unique message
-id turns the replay into a no-op. Events of unknown kinds are stored as they came (the
+id turns the replay into a no-op.
+
+Retention of the EVENTS stream is the recorder's job too, because only it knows what the
+log has committed: every `sweep_s` it purges from EVENTS the events of runs that ended more
+than `retention_s` ago, and the `_system` run's events, each purge bounded by its consumer's
+ack floor (every message at or below it is committed). Nothing else ever removes an event,
+so the stream never loses one the log does not hold. Events of unknown kinds are stored as they came (the
 log must not lose a newer agent's facts); bytes that are not an envelope at all are
 terminated and recorded as `message.rejected`.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -123,6 +130,23 @@ async def commit_batch(event_log: EventLog, msgs: list) -> None:
         await msg.ack()
 
 
+async def purge_committed(js, event_log: EventLog, *, retention_s: float, now: float | None = None) -> list[str]:
+    """Purge what the log holds and no live reader needs from EVENTS; returns the runs purged."""
+    info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE)
+    below = info.ack_floor.stream_seq + 1  # purge removes sequences below this one
+    if below <= 1:
+        return []
+    now = time.time() if now is None else now
+    runs = event_log.runs_to_purge(ended_before=now - retention_s)
+    for run_id in runs:
+        await js.purge_stream(subjects.EVENTS_STREAM, subject=subjects.run_events_filter(run_id), seq=below)
+    await js.purge_stream(subjects.EVENTS_STREAM, subject=subjects.run_events_filter(subjects.SYSTEM_RUN), seq=below)
+    if runs:
+        event_log.mark_purged(runs, now)
+        log.info("ended runs purged from the stream", runs=len(runs))
+    return runs
+
+
 async def record(
     url: str,
     log_file: Path,
@@ -131,6 +155,8 @@ async def record(
     stop: asyncio.Event,
     batch: int = 2000,
     ready: asyncio.Event | None = None,
+    retention_s: float | None = None,
+    sweep_s: float = 60.0,
 ) -> None:
     """Run the recorder until `stop` is set."""
     sender = messages.Sender(agent="recorder", instance=f"{socket.gethostname()}:{os.getpid()}")
@@ -161,7 +187,15 @@ async def record(
         log.info("recorder started", log=str(log_file), url=url)
         if ready is not None:
             ready.set()
+        retention = bus.events_retention_s if retention_s is None else retention_s
+        next_sweep = time.monotonic() + min(sweep_s, 5.0)
         while not stop.is_set():
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + sweep_s
+                try:
+                    await purge_committed(js, event_log, retention_s=retention)
+                except Exception as exc:  # retention can wait for the next sweep
+                    log.warning("retention sweep failed", error=str(exc) or type(exc).__name__)
             if len(buffer) < batch:
                 try:
                     await asyncio.wait_for(arrived.wait(), timeout=0.02)

@@ -28,7 +28,7 @@ from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.publish import publish_many
 from agentnas.bus.server import NatsServer
 from agentnas.store.log import EventLog
-from agentnas.store.projection import load_run_state
+from agentnas.store.log import load_run_state
 
 SENDER = m.Sender(agent="bench", instance="b1")
 

@@ -13,7 +13,7 @@ from agentnas.agents.llm_settings import BudgetExceeded, Ledger, LlmError, LlmSe
 from agentnas.agents.providers import preflight
 from agentnas.bus import messages as m
 from agentnas.bus.config import LlmConfig
-from agentnas.store.projection import RunState
+from agentnas.store.state import LlmSection, RunState
 from tests.fakes.llm_server import fake_llm, words
 
 KEY_ENV = "AGENTNAS_TEST_LLM_KEY"
@@ -271,8 +271,8 @@ async def test_token_cap_stops_the_next_call_before_it_is_made():
 async def test_cost_cap_counts_from_the_folded_log():
     with fake_llm([{"agent": "planner", "reply": "x"}]) as server:
         settings = settings_for(server, cost_cap_usd=0.50)
-        state = RunState(run_id="r1", input_tokens=100_000, output_tokens=20_000, cost_usd=0.60)
-        ledger = Ledger.for_settings(settings, state)
+        state = RunState(run_id="r1", llm=LlmSection(input_tokens=100_000, output_tokens=20_000, cost_usd=0.60))
+        ledger = Ledger.for_settings(settings, state.llm)
         events = Events()
         client = client_for(settings, events, ledger)
         with pytest.raises(BudgetExceeded, match=r"cost cap reached: US\$0.6000 of US\$0.5000"):

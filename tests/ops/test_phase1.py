@@ -20,7 +20,7 @@ import pytest
 
 from agentnas.agents.replay import export_jsonl
 from agentnas.store.log import EventLog
-from agentnas.store.projection import load_run_state
+from agentnas.store.log import load_run_state
 from tests.conftest import REPO, agentnas_cmd
 from tests.fakes.llm_server import fake_llm
 

@@ -12,7 +12,7 @@ from agentnas.bus import messages as m
 from agentnas.bus import subjects
 from agentnas.bus.publish import publish, publish_many
 from agentnas.store.log import EventLog
-from agentnas.store.projection import load_run_state
+from agentnas.store.log import load_run_state
 from agentnas.store.recorder import record, rows_from_messages, subscribe
 from tests.conftest import agentnas_cmd, wait_until
 
@@ -172,3 +172,47 @@ async def test_max_payload_allows_large_code(js, nats_server):
             break
         await asyncio.sleep(0.05)
     assert await queued() == 1
+
+
+async def stream_count(js, run_id: str) -> int:
+    info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.run_events_filter(run_id))
+    return sum((info.state.subjects or {}).values())
+
+
+async def test_retention_purges_only_committed_events_of_ended_runs(js, nats_server, tmp_path):
+    path = tmp_path / "events.sqlite"
+    done = [m.make_event(m.RunRequested(task="t"), run_id="done", sender=S),
+            m.make_event(m.RunFinished(), run_id="done", sender=S)]
+    active = [m.make_event(m.RunRequested(task="t"), run_id="active", sender=S)]
+    system = [m.make_event(m.AgentHeartbeat(role="x"), run_id=subjects.SYSTEM_RUN, sender=S)]
+    async with RecorderTask(nats_server.url, path):
+        await publish_many(js, done + active + system)
+        await wait_until(lambda: count(path, "done") == 2 and count(path, "active") == 1, what="rows")
+        await asyncio.sleep(0.5)  # the acks reach the server
+    # the recorder is stopped: a late event of the ended run is in the stream, not in the log
+    await publish(js, m.make_event(m.AgentHeartbeat(role="late"), run_id="done", sender=S))
+    from agentnas.store.recorder import purge_committed
+
+    with EventLog(path) as event_log:
+        purged = await purge_committed(js, event_log, retention_s=0.0)
+        assert purged == ["done"] and event_log.runs_to_purge(ended_before=1e12) == []
+        assert await purge_committed(js, event_log, retention_s=0.0) == []  # nothing twice
+    assert await stream_count(js, "done") == 1  # the uncommitted late event stays
+    assert await stream_count(js, "active") == 1  # an active run is never purged
+    assert await stream_count(js, subjects.SYSTEM_RUN) == 1  # the recorder's own start event, uncommitted
+    # the log still holds everything
+    assert count(path, "done") == 2 and count(path, "active") == 1
+
+
+async def test_retention_waits_for_the_run_to_be_ended_long_enough(js, nats_server, tmp_path):
+    path = tmp_path / "events.sqlite"
+    async with RecorderTask(nats_server.url, path):
+        await publish_many(js, [m.make_event(m.RunRequested(task="t"), run_id="done", sender=S),
+                                m.make_event(m.RunFailed(reason="x"), run_id="done", sender=S)])
+        await wait_until(lambda: count(path, "done") == 2, what="rows")
+        await asyncio.sleep(0.5)
+    from agentnas.store.recorder import purge_committed
+
+    with EventLog(path) as event_log:
+        assert await purge_committed(js, event_log, retention_s=3600.0) == []
+    assert await stream_count(js, "done") == 2
