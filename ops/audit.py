@@ -26,12 +26,12 @@ from rich.table import Table
 from rich.text import Text
 
 from agentnas.bus import messages as m
+from agentnas.ops.describe import describe
 from agentnas.store.log import EventLog
 
 DEFAULT_WIDTH = 1200  # characters kept of one message or answer without --full
 MAX_DEPTH = 4  # levels of the causation tree listed under a call
 MAX_CAUSED = 40  # lines listed under one call; the rest are counted
-_FIELD = 60  # characters of one field in a caused line
 # Listed nowhere (noise), though their descendants still are.
 _QUIET = {"evaluation.progress", "agent.heartbeat"}
 
@@ -130,7 +130,7 @@ def _record(
     cause = ""
     if req_env is not None and req_env.causation_id:
         parent = by_id.get(req_env.causation_id)
-        cause = event_line(parent, number) if parent else f"event {req_env.causation_id} (not in this run)"
+        cause = describe(parent, number) if parent else f"event {req_env.causation_id} (not in this run)"
     return AuditRecord(
         index=index,
         call_id=req.call_id if req else resp.call_id,
@@ -175,7 +175,7 @@ def _caused(
             shown = env.kind not in _QUIET
             if shown:
                 if len(lines) < MAX_CAUSED:
-                    lines.append("  " * (depth - 1) + event_line(env, number))
+                    lines.append("  " * (depth - 1) + describe(env, number))
                 else:
                     hidden += 1
             if depth < MAX_DEPTH and not isinstance(env.payload, (m.LlmRequested, m.LlmResponded)):
@@ -186,56 +186,6 @@ def _caused(
     if hidden:
         lines.append(f"... and {hidden} more events")
     return lines
-
-
-def _short(value: Any, limit: int = _FIELD) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())  # one line
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def event_line(env: m.Envelope, number: dict[str, int] | None = None) -> str:
-    """One line for an event: its kind and the fields that say what happened."""
-    number = number or {}
-    match env.payload:
-        case m.ExperimentProposed(batch=batch, proposals=proposals):
-            ids = ", ".join(p.arch_id for p in proposals) or "none"
-            return f"experiment.proposed batch {batch}: {ids}"
-        case m.ArchitectureImplemented(arch_id=arch, attempts=n, validation_eval_id=ev):
-            return f"architecture.implemented {arch} (attempts {n}" + (f", validated by {ev})" if ev else ")")
-        case m.ArchitectureRejected(arch_id=arch, attempts=n, reason=reason):
-            return f"architecture.rejected {arch} after {n} attempts: {_short(reason)}"
-        case m.EvaluationRequested(eval_id=ev, request=req, arch_id=arch, phase=phase):
-            return f"evaluation.requested {ev} {req} {arch or '-'} (phase {phase})"
-        case m.EvaluationCompleted(eval_id=ev, status=status, arch_id=arch, val_metric=val, reason=reason):
-            detail = f" val {val:.4g}" if val is not None else (f": {_short(reason)}" if reason else "")
-            return f"evaluation.completed {ev} {arch or '-'} {status}{detail}"
-        case m.EvaluationStarted(eval_id=ev, device=device):
-            return f"evaluation.started {ev} on {device}"
-        case m.ExplorationRequested(question=question):
-            return f"exploration.requested: {_short(question)}"
-        case m.ExplorationStepped(step=step, status=status, output=output):
-            return f"exploration.stepped step {step} {status}: {_short(output)}"
-        case m.ExplorationReported(steps=steps, report=report):
-            return f"exploration.reported after {steps} steps: {_short(report)}"
-        case m.BatchSummarized(batch=batch, summary=summary):
-            return f"batch.summarized batch {batch}: {_short(summary)}"
-        case m.PhaseStopped(phase=phase, reason=reason, arch_ids=ids):
-            return f"phase.stopped phase {phase} ({reason}): {', '.join(ids) or 'none'}"
-        case m.SeedSelected(arch_id=arch, val_metric=val):
-            return f"seed.selected {arch} val {val:.4g}"
-        case m.AgentOutputRejected(agent=agent, attempts=n, reason=reason):
-            return f"agent.output_rejected {agent} after {n} attempts: {_short(reason)}"
-        case m.LlmRequested(call_id=call_id, agent=agent):
-            return f"llm.requested call #{number.get(call_id, '?')} by {agent}"
-        case m.LlmResponded(call_id=call_id, agent=agent, error=error):
-            failed = f" error: {_short(error)}" if error else ""
-            return f"llm.responded call #{number.get(call_id, '?')} by {agent}{failed}"
-        case m.UnknownPayload(kind=kind):
-            return f"{kind} (unknown kind)"
-    fields = msgspec.structs.asdict(env.payload) if isinstance(env.payload, msgspec.Struct) else {}
-    shown = " ".join(f"{k}={_short(v, 30)}" for k, v in list(fields.items())[:4])
-    return f"{env.kind} {shown}".rstrip()
 
 
 def agent_totals(records: Iterable[AuditRecord]) -> list[AgentTotals]:

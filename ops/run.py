@@ -15,6 +15,7 @@ from agentnas.bus import messages as m
 from agentnas.bus.config import Config
 from agentnas.bus.settings import RunSettings, TaskInfo
 from agentnas.bus.publish import publish
+from agentnas.ops.describe import describe
 from agentnas.ops.home import log_file
 from agentnas.ops.up import run_system
 from agentnas.store.log import EventLog, LogError, row_to_envelope
@@ -59,39 +60,14 @@ def run_settings(config: Config, data: TaskData, task_ref: str, phases: tuple[in
                                    on_divergence=on_divergence, data_dir=str(data_dir), data_paths=data_paths)
 
 
+def _quiet(env: m.Envelope) -> bool:
+    """Validations are the Code Executor's inner loop; their outcome shows in what follows."""
+    return isinstance(env.payload, m.EvaluationCompleted) and env.payload.request == "validate"
+
+
 _SHOWN = (m.RunStarted, m.ExplorationRequested, m.ExplorationReported, m.ExperimentProposed, m.ArchitectureRejected,
           m.EvaluationCompleted, m.BatchSummarized, m.PhaseStopped, m.SeedSelected, m.AgentOutputRejected,
           m.RunFinished, m.RunFailed)
-
-
-def describe(env: m.Envelope) -> str | None:
-    match env.payload:
-        case m.ExplorationRequested(question=q):
-            return f"planner explores: {q[:100]}"
-        case m.ExplorationReported(steps=steps):
-            return f"explorer reported after {steps} steps"
-        case m.ExperimentProposed(batch=b, proposals=ps):
-            return f"batch {b}: " + ", ".join(f"{p.arch_id} ({p.description[:40]})" for p in ps)
-        case m.ArchitectureRejected(arch_id=a, reason=r, attempts=n):
-            return f"{a} rejected after {n} attempts: {r[:100]}"
-        case m.EvaluationCompleted(request="validate"):
-            return None
-        case m.EvaluationCompleted(arch_id=a, request=req, status=s, val_metric=v, reason=r):
-            metric = f"{v:.4g}" if v is not None else "-"
-            return f"{a} {req}: {s} {metric}" + (f" ({r[:80]})" if r else "")
-        case m.BatchSummarized(batch=b, summary=s):
-            return f"summary of batch {b}: {s[:120]}"
-        case m.PhaseStopped(reason=r, arch_ids=ids):
-            return f"phase 1 stopped ({r}); full training of {', '.join(ids) or 'the top 8'}"
-        case m.SeedSelected(arch_id=a, val_metric=v):
-            return f"seed selected: {a} (wave-1 validation {v:.4g})"
-        case m.AgentOutputRejected(agent=a, reason=r):
-            return f"{a} answer unusable: {r[:100]}"
-        case m.RunFinished(summary=s):
-            return f"run finished: {s}"
-        case m.RunFailed(reason=r):
-            return f"run failed: {r}"
-    return None
 
 
 async def follow(path: Path, run_id: str, console: Console, stop: asyncio.Event) -> str:
@@ -106,11 +82,9 @@ async def follow(path: Path, run_id: str, console: Console, stop: asyncio.Event)
         for row in rows:
             after = row.seq
             env = row_to_envelope(row)
-            if isinstance(env.payload, _SHOWN):
-                line = describe(env)
-                if line:
-                    console.print(f"{time.strftime('%H:%M:%S', time.localtime(env.time))} {line}", highlight=False,
-                                  markup=False)
+            if isinstance(env.payload, _SHOWN) and not _quiet(env):
+                console.print(f"{time.strftime('%H:%M:%S', time.localtime(env.time))} {describe(env)}",
+                              highlight=False, markup=False)
             if isinstance(env.payload, (m.RunFinished, m.RunFailed)):
                 return "finished" if isinstance(env.payload, m.RunFinished) else "failed"
         if not rows:

@@ -6,27 +6,19 @@ import json
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from agentnas.store.log import Row
+from agentnas.ops.describe import describe
+from agentnas.store.log import Row, row_to_envelope
 from agentnas.store.state import RunState
 
-_MAX_FIELD = 80
-
-
-def _short(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= _MAX_FIELD else text[: _MAX_FIELD - 3] + "..."
-
-
 def event_line(row: Row) -> str:
+    """`events`: sequence number, time, sender and the event described (ops/describe.py)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(row.time)) + f".{int(row.time * 1000) % 1000:03d}"
     sender = json.loads(row.sender)
-    payload = json.loads(row.payload)
-    payload.pop("kind", None)
-    fields = " ".join(f"{k}={_short(v)}" for k, v in payload.items())
-    return f"{row.seq:>7} {stamp} [bold]{row.kind}[/bold] ({sender.get('agent', '?')}) {fields}"
+    env = row_to_envelope(row)
+    return f"{row.seq:>7} {stamp} ({sender.get('agent', '?')}) {escape(describe(env))}"
 
 
 def render_state(console: Console, state: RunState) -> None:

@@ -129,16 +129,16 @@ def test_error_and_missing_response_are_kept(log):
 def test_caused_lists_descendants_with_key_fields(log):
     records = {r.call_id: r for r in audit_records(log, RUN)}
     planner = records["c-plan-1"].caused
-    assert planner[0] == "experiment.proposed batch 1: arch_001, arch_002"
+    assert planner[0] == "experiment.proposed batch 1: arch_001 (a small CNN), arch_002 (an MLP)"
     # The calls the proposal led to are named, one level down, and not descended into.
-    assert "  llm.requested call #2 by code_executor" in planner
-    assert "  llm.requested call #3 by code_executor" in planner
+    assert "  llm.requested call #2 by code_executor (claude-x)" in planner
+    assert "  llm.requested call #3 by code_executor (claude-x)" in planner
     assert not any("architecture.implemented" in line for line in planner)
     assert any(line.startswith("exploration.stepped step 3 ok") for line in planner)
 
     executor = records["c-exec-2"].caused
     assert executor[0] == "evaluation.requested ev-val-1 validate arch_001 (phase 1)"
-    assert "  evaluation.completed ev-val-1 arch_001 ok val 0.5" in executor
+    assert "  evaluation.completed ev-val-1 arch_001 validate ok val 0.5" in executor
     assert not any("evaluation.progress" in line for line in executor)  # noise is not listed
     assert "architecture.implemented arch_001 (attempts 1, validated by ev-val-1)" in executor
     assert records["c-exec-1"].caused == []
@@ -147,8 +147,8 @@ def test_caused_lists_descendants_with_key_fields(log):
 
 def test_cause_names_the_event_that_led_to_the_call(log):
     records = {r.call_id: r for r in audit_records(log, RUN)}
-    assert records["c-exec-1"].cause == "experiment.proposed batch 1: arch_001, arch_002"
-    assert records["c-plan-2"].cause == "evaluation.completed ev-val-1 arch_001 ok val 0.5"
+    assert records["c-exec-1"].cause == "experiment.proposed batch 1: arch_001 (a small CNN), arch_002 (an MLP)"
+    assert records["c-plan-2"].cause == "evaluation.completed ev-val-1 arch_001 validate ok val 0.5"
     assert records["c-plan-1"].cause == ""
 
 
@@ -198,8 +198,8 @@ def test_render_shows_calls_answers_effects_and_totals(log):
     assert "tokens in 1,000 out 200   latency 2.50 s   cost $0.0100" in text
     assert "error: anthropic: claude-x: overloaded (after 3 attempts)" in text
     assert "no response recorded" in text
-    assert "asked after: experiment.proposed batch 1: arch_001, arch_002" in text
-    assert "caused:" in text and "  experiment.proposed batch 1: arch_001, arch_002" in text
+    assert "asked after: experiment.proposed batch 1: arch_001 (a small CNN), arch_002 (an MLP)" in text
+    assert "caused:" in text and "  experiment.proposed batch 1: arch_001 (a small CNN), arch_002 (an MLP)" in text
     totals = text[text.index("totals"):]
     for row in ("planner", "code_executor", "all"):
         assert row in totals

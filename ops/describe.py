@@ -1,0 +1,93 @@
+"""The one formatter of events as text: `events`, `run`'s progress and `audit` all use it.
+
+`describe(env)` is one line that starts with the event's kind and says what happened in
+words; kinds without a special case show their first fields. Multi-line values are folded
+onto the line and long ones shortened, so a line never carries a Python dict or a block of
+code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from agentnas.bus import messages as m
+
+FIELD = 60  # characters kept of one text field
+
+
+def short(value: Any, limit: int = FIELD) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def describe(env: m.Envelope, calls: dict[str, int] | None = None) -> str:
+    """One line for an event: its kind and the fields that say what happened.
+
+    `calls` numbers LLM calls (call id -> 1-based index) where the caller knows them."""
+    calls = calls or {}
+    match env.payload:
+        case m.RunRequested(task=task, phases=phases):
+            return f"run.requested task {task}, phases {', '.join(map(str, phases))}"
+        case m.RunFinished(summary=summary):
+            return "run.finished" + (f": {_summary_text(summary)}" if summary else "")
+        case m.RunFailed(reason=reason):
+            return f"run.failed: {short(reason, 200)}"
+        case m.ExperimentProposed(batch=batch, proposals=proposals):
+            ids = ", ".join(f"{p.arch_id} ({short(p.description, 40)})" for p in proposals) or "none"
+            return f"experiment.proposed batch {batch}: {ids}"
+        case m.ArchitectureImplemented(arch_id=arch, attempts=n, validation_eval_id=ev):
+            return f"architecture.implemented {arch} (attempts {n}" + (f", validated by {ev})" if ev else ")")
+        case m.ArchitectureRejected(arch_id=arch, attempts=n, reason=reason):
+            return f"architecture.rejected {arch} after {n} attempts: {short(reason)}"
+        case m.EvaluationRequested(eval_id=ev, request=req, arch_id=arch, phase=phase):
+            return f"evaluation.requested {ev} {req} {arch or '-'} (phase {phase})"
+        case m.EvaluationStarted(eval_id=ev, device=device, attempt=attempt):
+            return f"evaluation.started {ev} on {device}" + (f" (delivery {attempt})" if attempt > 1 else "")
+        case m.EvaluationProgress(eval_id=ev, epoch=epoch, epochs=epochs, val_metric=val):
+            return f"evaluation.progress {ev} epoch {epoch}/{epochs} val {metric(val)}"
+        case m.EvaluationCompleted(eval_id=ev, status=status, arch_id=arch, val_metric=val, reason=reason,
+                                   request=req):
+            detail = f" val {val:.4g}" if val is not None else ""
+            detail += f": {short(reason)}" if reason and status != "ok" else ""
+            return f"evaluation.completed {ev} {arch or '-'} {req} {status}{detail}"
+        case m.ExplorationRequested(question=question):
+            return f"exploration.requested: {short(question)}"
+        case m.ExplorationStepped(step=step, status=status, output=output):
+            return f"exploration.stepped step {step} {status}: {short(output)}"
+        case m.ExplorationReported(steps=steps, report=report):
+            return f"exploration.reported after {steps} steps: {short(report)}"
+        case m.BatchSummarized(batch=batch, summary=summary):
+            return f"batch.summarized batch {batch}: {short(summary)}"
+        case m.PhaseStopped(phase=phase, reason=reason, arch_ids=ids):
+            return f"phase.stopped phase {phase} ({reason}): {', '.join(ids) or 'none named'}"
+        case m.SeedSelected(arch_id=arch, val_metric=val):
+            return f"seed.selected {arch} val {val:.4g}"
+        case m.AgentOutputRejected(agent=agent, attempts=n, reason=reason):
+            return f"agent.output_rejected {agent} after {n} attempts: {short(reason)}"
+        case m.LlmRequested(call_id=call_id, agent=agent, model=model):
+            return f"llm.requested call #{calls.get(call_id, '?')} by {agent} ({model})"
+        case m.LlmResponded(call_id=call_id, agent=agent, error=error, output_tokens=out):
+            failed = f" error: {short(error)}" if error else f", {out} tokens out"
+            return f"llm.responded call #{calls.get(call_id, '?')} by {agent}{failed}"
+        case m.AgentStarted(role=role, pid=pid, host=host):
+            return f"agent.started {role} (pid {pid} on {host})"
+        case m.ServiceExited(service=service, returncode=code, uptime_s=up):
+            return f"service.exited {service} with code {code} after {up:.1f} s"
+        case m.UnknownPayload(kind=kind):
+            return f"{kind} (unknown kind)"
+    fields = msgspec.structs.asdict(env.payload) if isinstance(env.payload, msgspec.Struct) else {}
+    fields.pop("kind", None)
+    shown = " ".join(f"{k}={short(v, 30)}" for k, v in list(fields.items())[:4])
+    return f"{env.kind} {shown}".rstrip()
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {metric(v) if isinstance(v, float) else short(v, 40)}" for k, v in summary.items())
