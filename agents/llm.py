@@ -150,6 +150,7 @@ class RecordingClient(ChatCompletionClient):
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         context_tokens: int = 200_000,
+        call_ids: Callable[[list[dict]], str] | None = None,
     ) -> None:
         if inner is None and replay is None:
             raise ValueError("RecordingClient needs a live client, a replay source, or both")
@@ -170,6 +171,9 @@ class RecordingClient(ChatCompletionClient):
         self._max_backoff_s = max_backoff_s
         self._context_tokens = context_tokens
         self._spent = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        # Deterministic call ids (from the caller's work and the messages) make a request published
+        # again after a bus fault a duplicate that the stream and the log drop; else random ids.
+        self._call_ids = call_ids
 
     @property
     def replaying(self) -> bool:
@@ -268,7 +272,7 @@ class RecordingClient(ChatCompletionClient):
         return msgspec.json.decode(msgspec.json.encode(params, enc_hook=repr))  # plain data only
 
     async def _requested(self, provider: str, model: str, wire: list[dict], params: dict) -> str:
-        call_id = m.new_id()
+        call_id = self._call_ids(wire) if self._call_ids is not None else m.new_id()
         name, digest = _template.get()
         await self._emit(
             m.LlmRequested(
@@ -356,6 +360,7 @@ def make_client(
     emit: Emit,
     ledger: Ledger,
     replay: ReplaySource | None = None,
+    call_ids: Callable[[list[dict]], str] | None = None,
 ) -> RecordingClient:
     """The recording client of one agent. `replay` lets agents share one loaded source."""
     if settings.replaying and replay is None:
@@ -373,4 +378,5 @@ def make_client(
         parameters={"temperature": settings.temperature, "max_tokens": settings.max_tokens},
         max_retries=settings.max_retries,
         backoff_s=settings.backoff_s,
+        call_ids=call_ids,
     )

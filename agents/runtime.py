@@ -15,6 +15,7 @@ performs; nothing else is kept in memory.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,8 @@ from agentnas.bus import messages as m
 from agentnas.bus import subjects
 from agentnas.bus.config import Config
 from agentnas.bus.connect import close, connect, ensure_streams
-from agentnas.bus.publish import publish
+from agentnas.bus.health import Health
+from agentnas.bus.publish import is_bus_fault, publish, publish_until_done
 from agentnas.store.state import RunState, fold
 
 log = structlog.get_logger("agentnas.agent")
@@ -47,19 +49,31 @@ class Work(msgspec.Struct, frozen=True, kw_only=True):
 class Context:
     """What a piece of work may use: the state it was derived from and a way to publish."""
 
-    def __init__(self, agent: "AgentService", state: RunState) -> None:
+    def __init__(self, agent: "AgentService", state: RunState, key: str = "") -> None:
         self.agent = agent
         self.state = state
         self.run_id = state.run_id
+        self.key = key  # the work's key: the same work gets the same LLM call ids when it is retried
+        self.calls = 0
         self.emitted: list[str] = []
         self.last_response_id: str | None = None  # the latest llm.responded we emitted: decisions cite it
 
     async def emit(self, payload: m.Kind, causation_id: str | None = None, event_id: str | None = None) -> m.Envelope:
+        if event_id is None and isinstance(payload, (m.LlmRequested, m.LlmResponded)):
+            suffix = "req" if isinstance(payload, m.LlmRequested) else "res"
+            event_id = f"llm-{payload.call_id}-{suffix}"  # a retried publish is a duplicate
         env = m.make_event(payload, run_id=self.run_id, sender=self.agent.sender, causation_id=causation_id, id=event_id)
         self.agent.unseen.add(env.id)
         self.emitted.append(env.id)
-        await publish(self.agent.js, env)
+        # through a bus outage of up to ten minutes (an LLM answer already paid for must not be lost)
+        await publish_until_done(self.agent.js, env, what=f"{self.agent.role.name} decision")
         return env
+
+    def call_id(self, wire: list[dict]) -> str:
+        """The n-th LLM call of this work with these messages: the same id when the work is retried."""
+        self.calls += 1
+        digest = hashlib.sha256(msgspec.json.encode([self.run_id, self.key, self.calls, wire])).hexdigest()
+        return digest[:32]
 
     def llm(self, agent: str):
         """A recording LLM client for this piece of work (its events cite the run and the work)."""
@@ -111,7 +125,7 @@ class AgentService:
 
             self._replay = ReplaySource.from_spec(settings.replay_path, settings.replay_run or None)
         ledger = Ledger.for_settings(settings, ctx.latest_state().llm)  # caps count the whole run's spending
-        return make_client(settings, agent, emit, ledger, replay=self._replay)
+        return make_client(settings, agent, emit, ledger, replay=self._replay, call_ids=ctx.call_id)
 
     def on_event(self, env: m.Envelope) -> None:
         self.unseen.discard(env.id)
@@ -133,13 +147,19 @@ class AgentService:
 
     async def _perform(self, work: Work, state: RunState) -> None:
         structlog.contextvars.bind_contextvars(run_id=work.run_id, agent=self.role.name, work=work.key)
-        context = Context(self, state)
+        context = Context(self, state, work.key)
         try:
             await work.action(context)
             self.failures.pop(work.key, None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_bus_fault(exc):
+                # The bus is away: not the work's fault. Wait and let the work become due again;
+                # the events it already published are duplicates when it publishes them again.
+                log.warning("bus unavailable; work will be retried", key=work.key, error=str(exc) or type(exc).__name__)
+                await self._wait_for_bus()
+                return
             if await self._decisive_failure(context, exc):
                 return
             # Infrastructure trouble (bus, provider outage after retries): log it, let the
@@ -158,6 +178,13 @@ class AgentService:
                     break
                 await asyncio.sleep(0.01)
             self.in_flight.pop(work.key, None)
+
+    async def _wait_for_bus(self, poll_s: float = 1.0) -> None:
+        """Until the connection is back (the client reconnects by itself)."""
+        nc = getattr(self.js, "_nc", None)
+        await asyncio.sleep(poll_s)
+        while nc is not None and not nc.is_connected:
+            await asyncio.sleep(poll_s)
 
     async def _heartbeat(self, stop: asyncio.Event, every_s: float = 15.0) -> None:
         while not stop.is_set():
@@ -281,11 +308,11 @@ class AgentService:
 async def serve_role(role_factory: Callable[[Config, Path], Role], url: str, config: Config, home: Path,
                      *, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
     async with AsyncExitStack() as stack:
-        nc = await connect(url, config.bus, name="agentnas-agent")
+        role = role_factory(config, home)
+        nc = await connect(url, config.bus, name=f"agentnas-{role.name}", health=Health(home, role.name))
         stack.push_async_callback(close, nc)
         js = nc.jetstream()
         await ensure_streams(js)
-        role = role_factory(config, home)
         service = AgentService(role, js, config, home)
         await service.run(stop, ready)
         await publish(js, m.make_event(m.AgentStopped(role=role.name), run_id=subjects.SYSTEM_RUN, sender=service.sender))

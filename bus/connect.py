@@ -15,6 +15,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from agentnas.bus import subjects
 from agentnas.bus.config import BusConfig
+from agentnas.bus.health import Health
 
 log = structlog.get_logger("agentnas.bus")
 
@@ -49,7 +50,8 @@ def _auth_options(cfg: BusConfig) -> dict:
     return options
 
 
-async def connect(url: str, cfg: BusConfig = BusConfig(), *, name: str = "agentnas") -> Client:
+async def connect(url: str, cfg: BusConfig = BusConfig(), *, name: str = "agentnas",
+                  health: Health | None = None) -> Client:
     """Connect within `cfg.connect_timeout_s`, then reconnect forever if the server goes away.
 
     A dead URL fails in seconds with BusUnavailable instead of minutes of retries.
@@ -68,9 +70,13 @@ async def connect(url: str, cfg: BusConfig = BusConfig(), *, name: str = "agentn
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # our own close is not news
             log.warning("nats disconnected", url=url)
+            if health is not None:
+                health.fault(f"bus unreachable at {url}")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", url=url)
+        if health is not None:
+            health.clear()
 
     try:
         await asyncio.wait_for(

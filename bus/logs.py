@@ -40,8 +40,22 @@ def configure_logging(fmt: Format = "auto", level: str = "info", *, stream=None)
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries that use stdlib logging (nats, httpx) go to the same place, warnings only.
-    logging.basicConfig(stream=stream, level=logging.WARNING, format="%(name)s: %(message)s", force=True)
+    # Libraries that use stdlib logging (nats, httpx, asyncio) go to the same place, warnings only,
+    # rendered like ours: one JSON object per line for services, exceptions included.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    if fmt == "json":
+        sys.excepthook = _excepthook  # an uncaught exception is one JSON line too
+
+
+def _excepthook(kind, value, tb) -> None:
+    structlog.get_logger("agentnas").critical("uncaught exception", exc_info=(kind, value, tb))
 
 
 def bind(**values: str) -> None:

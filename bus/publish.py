@@ -1,13 +1,20 @@
-"""Publishing events: one subject per (run, kind), the envelope id as JetStream's message id."""
+"""Publishing events: one subject per (run, kind), the envelope id as JetStream's message id;
+what counts as a fault of the bus, and publishing through one."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
+import structlog
+from nats import errors as nats_errors
 from nats.js import JetStreamContext
+from nats.js import errors as js_errors
 
 from agentnas.bus import messages, subjects
+
+log = structlog.get_logger("agentnas.bus")
 
 
 def headers_for(envelope: messages.Envelope) -> dict[str, str]:
@@ -43,3 +50,42 @@ async def publish_many(
             await asyncio.gather(*pending)
             pending.clear()
     await asyncio.gather(*pending)
+
+
+# --- faults of the bus ---------------------------------------------------------------------
+
+_BUS_FAULTS = (
+    nats_errors.TimeoutError, nats_errors.NoRespondersError, nats_errors.ConnectionClosedError,
+    nats_errors.StaleConnectionError, nats_errors.OutboundBufferLimitError, nats_errors.ConnectionReconnectingError,
+    nats_errors.ConnectionDrainingError, nats_errors.FlushTimeoutError, js_errors.NoStreamResponseError,
+    js_errors.ServiceUnavailableError, asyncio.TimeoutError, ConnectionError,
+)
+
+
+def is_bus_fault(exc: BaseException) -> bool:
+    """A fault of the machinery (server away, JetStream out of resources), not of the caller.
+
+    Such a failure is retried, never charged to a candidate and never ends a run."""
+    if isinstance(exc, _BUS_FAULTS):
+        return True
+    return isinstance(exc, js_errors.APIError) and (exc.code or 0) >= 500
+
+
+async def publish_until_done(js: JetStreamContext, envelope: messages.Envelope, *, give_up_after_s: float = 600.0,
+                             what: str = "event") -> int:
+    """Publish, retrying through bus faults with backoff for up to `give_up_after_s`.
+
+    The envelope id is JetStream's message id, so a publish that reached the stream before
+    its ack was lost is dropped when it is sent again."""
+    deadline = time.monotonic() + give_up_after_s
+    delay = 0.5
+    while True:
+        try:
+            return await publish(js, envelope)
+        except Exception as exc:
+            if not is_bus_fault(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("bus unavailable; publish will be retried", what=what, kind=envelope.kind,
+                        retry_in_s=delay, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -126,11 +126,13 @@ def recorder(
     nats_url: Annotated[str, typer.Option(help="NATS server URL.")],
 ) -> None:
     """Run the recorder service in the foreground (normally started by `agentnas up`)."""
+    from agentnas.bus.health import Health
     from agentnas.store.recorder import record
 
     c: Context = ctx.obj
     prepare_home(c.home)
-    run_service(lambda stop: record(nats_url, log_file(c.home), bus=c.config.bus, stop=stop))
+    run_service(lambda stop: record(nats_url, log_file(c.home), bus=c.config.bus, stop=stop,
+                                    health=Health(c.home, "recorder")))
 
 
 @app.command()

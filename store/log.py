@@ -178,7 +178,10 @@ class EventLog:
                 self._update_runs(cur, last_seq, {r[1] for r in rows if r[2] in STATUS_AFTER})
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            # SQLite may have rolled back by itself (a full disk does that); a ROLLBACK then fails
+            # with "no transaction is active" and would hide the real error
+            if self.conn.in_transaction:
+                cur.execute("ROLLBACK")
             raise
         return added
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import sqlite3
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -29,6 +31,7 @@ from nats.js import api
 from agentnas.bus import messages, subjects
 from agentnas.bus.config import BusConfig
 from agentnas.bus.connect import close, connect, ensure_streams
+from agentnas.bus.health import Health
 from agentnas.bus.publish import publish
 from agentnas.store.log import EventLog
 
@@ -130,6 +133,13 @@ async def commit_batch(event_log: EventLog, msgs: list) -> None:
         await msg.ack()
 
 
+def free_mb(folder: Path) -> float:
+    try:
+        return round(shutil.disk_usage(folder).free / 2**20, 1)
+    except OSError:
+        return -1.0
+
+
 async def purge_committed(js, event_log: EventLog, *, retention_s: float, now: float | None = None) -> list[str]:
     """Purge what the log holds and no live reader needs from EVENTS; returns the runs purged."""
     info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE)
@@ -157,11 +167,13 @@ async def record(
     ready: asyncio.Event | None = None,
     retention_s: float | None = None,
     sweep_s: float = 60.0,
+    health: Health | None = None,
 ) -> None:
     """Run the recorder until `stop` is set."""
     sender = messages.Sender(agent="recorder", instance=f"{socket.gethostname()}:{os.getpid()}")
     async with AsyncExitStack() as stack:
-        nc = await connect(url, bus, name="agentnas-recorder")
+        health = health or Health(None, "recorder")
+        nc = await connect(url, bus, name="agentnas-recorder", health=health)
         stack.push_async_callback(close, nc)
         js = nc.jetstream()
         await ensure_streams(js)
@@ -189,6 +201,7 @@ async def record(
             ready.set()
         retention = bus.events_retention_s if retention_s is None else retention_s
         next_sweep = time.monotonic() + min(sweep_s, 5.0)
+        failing = 0.0
         while not stop.is_set():
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + sweep_s
@@ -206,7 +219,21 @@ async def record(
                 continue  # nothing arrived: normal
             msgs = buffer[:]
             buffer.clear()
-            await commit_batch(event_log, msgs)
+            try:
+                await commit_batch(event_log, msgs)
+                if failing:
+                    health.clear()
+                failing = 0.0
+            except sqlite3.OperationalError as exc:
+                # e.g. "database or disk is full": keep the batch (it is not acked, so nothing
+                # is lost), say so once per try, and try again after a pause
+                failing = min(max(failing * 2, 1.0), 30.0)
+                log.error("cannot write the event log; will retry", error=str(exc), log=str(log_file),
+                          free_mb=free_mb(log_file.parent), retry_in_s=failing)
+                health.fault(f"cannot write the event log {log_file} ({exc}; {free_mb(log_file.parent)} MB free "
+                             f"in {log_file.parent}); retrying")
+                buffer[:0] = msgs
+                await asyncio.sleep(failing)
         await sub.unsubscribe()  # no new deliveries; commit what already arrived
         if buffer:
             await commit_batch(event_log, buffer[:])
