@@ -17,12 +17,16 @@ from typing import Any, Literal, Union
 import msgspec
 
 from agentnas.bus.settings import RunSettings
+from agentnas.bus.space import SlottedSpace
 
 SCHEMA_VERSION = 1
 
 # Statuses of a finished evaluation (PROTOCOL.md): only `ok` counts toward patience.
 EvalStatus = Literal["ok", "rejected", "oom", "timeout", "error"]
-EvalKind = Literal["validate", "proxy", "final_wave1", "final_wave2"]
+# equivalence: does a rewrite compute what the original does (Modularizer, seed reproduction);
+# gdas: a Gumbel-softmax search over a slotted space. Readers older than these two see the
+# events as undecodable and keep them as unknown.
+EvalKind = Literal["validate", "proxy", "final_wave1", "final_wave2", "equivalence", "gdas"]
 
 
 class Kind(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -89,6 +93,14 @@ class ServiceRestarted(Kind, tag="service.restarted"):
     backoff_s: float
 
 
+class UncleanShutdown(Kind, tag="system.unclean_shutdown"):
+    """`up` found the bus file of an earlier `up` whose process is gone: it was killed, not stopped."""
+
+    pid: int
+    url: str = ""
+    since: float = 0.0  # when that file was written
+
+
 # --- evaluations (trainer daemon) -----------------------------------------------------------
 
 
@@ -97,16 +109,41 @@ class Caps(msgspec.Struct, frozen=True, kw_only=True):
     memory_mb: float = 11264.0  # peak allocated (GPU) or RSS (CPU)
 
 
+class EquivalenceOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How closely a rewrite's eval-mode outputs must match the original's (PROTOCOL.md, Modularizer)."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-6
+    samples: int = 8  # training inputs both models see
+
+
+class GdasOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """A GDAS search (Dong & Yang 2019; defaults from the authors' code, PROTOCOL.md)."""
+
+    epochs: int  # search epochs; the weights' recipe schedule is stretched or shrunk to them
+    tau_max: float = 10.0  # Gumbel-softmax temperature at the first epoch, annealed linearly
+    tau_min: float = 0.1  # ... to this at the last
+    arch_lr: float = 3e-4  # Adam on the architecture parameters
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+
+
 class EvaluationRequested(Kind, tag="evaluation.requested"):
     eval_id: str
     request: EvalKind
     task: str  # built-in task name or path of a task TOML file
-    model_source: str  # Python source defining `class Architecture(nn.Module)`
+    # Python source defining `class Architecture(nn.Module)`; equivalence: the rewrite;
+    # gdas: the seed configuration's assembly (gated, not trained: the search builds the supernet)
+    model_source: str
     recipe: dict[str, Any] | str = {}  # training recipe; a string is parsed as JSON by the trainer
-    caps: Caps = Caps()
+    caps: Caps = Caps()  # validate / equivalence: time_s caps the whole job in wall-clock seconds
     seed: int = 42
     arch_id: str = ""  # e.g. arch_007, or a slot configuration's id
     phase: int = 1
+    reference_source: str = ""  # equivalence: the original model that model_source must reproduce
+    equivalence: EquivalenceOptions | None = None  # equivalence: tolerances (None = the defaults)
+    space: SlottedSpace | None = None  # gdas: the space searched (its lr slot is not searched)
+    gdas: GdasOptions | None = None  # gdas: required for a gdas request
 
 
 class EvaluationStarted(Kind, tag="evaluation.started"):
@@ -123,6 +160,7 @@ class EvaluationProgress(Kind, tag="evaluation.progress"):
     train_loss: float
     val_metric: float | None = None
     device_time_s: float = 0.0
+    choices: list[int] | None = None  # gdas: the current argmax choice per slot
 
 
 class EvaluationCompleted(Kind, tag="evaluation.completed"):
@@ -147,6 +185,8 @@ class EvaluationCompleted(Kind, tag="evaluation.completed"):
     attempt: int = 1
     phase: int = 1
     first_step_at: float | None = None  # wall-clock time training began (None if it never did)
+    choices: list[int] | None = None  # gdas: the final configuration, argmax per slot (0 for frozen slots)
+    max_abs_diff: float | None = None  # equivalence: largest |rewrite - original| eval-mode output difference
 
 
 # --- Phase 1: planner, data explorer, code executor ----------------------------------------
@@ -269,6 +309,7 @@ Payload = Union[
     AgentHeartbeat,
     ServiceExited,
     ServiceRestarted,
+    UncleanShutdown,
     EvaluationRequested,
     EvaluationStarted,
     EvaluationProgress,

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+
+import msgspec
 
 from agentnas.store.log import DEFAULT_NAME
 
@@ -37,8 +40,50 @@ def log_file(home: Path) -> Path:
     return home / DEFAULT_NAME
 
 
+class BusFile(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    pid: int
+    since: float = 0.0
+
+
 def write_bus_file(home: Path, url: str) -> None:
-    (home / "bus.json").write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    (home / "bus.json").write_text(json.dumps({"url": url, "pid": os.getpid(), "since": time.time()}))
+
+
+def read_bus_file(home: Path) -> BusFile | None:
+    try:
+        return msgspec.json.decode((home / "bus.json").read_bytes(), type=BusFile)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def system_up(home: Path) -> bool:
+    """An `agentnas up` (or `run`) is running on this home now."""
+    found = read_bus_file(home)
+    return found is not None and process_alive(found.pid)
+
+
+def previous_up(home: Path) -> BusFile | None:
+    """The bus file an earlier `up` left behind when it was killed (None if it stopped cleanly).
+
+    Refuses to start a second `up` on a home whose first one is still running."""
+    found = read_bus_file(home)
+    if found is None:
+        return None
+    if found.pid != os.getpid() and process_alive(found.pid):
+        raise HomeError(f"agentnas is already running on {home} (pid {found.pid}, bus {found.url}); "
+                        "stop it first, or pass --home for another one")
+    return found
 
 
 def read_bus_url(home: Path) -> str | None:

@@ -15,8 +15,9 @@ from agentnas.bus import messages, subjects
 from agentnas.bus.config import Config
 from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.publish import publish
-from agentnas.bus.server import NatsServer
+from agentnas.bus.health import Health
 from agentnas.ops import home as home_mod
+from agentnas.ops.embedded_bus import EmbeddedBus
 from agentnas.ops.supervisor import ServiceSpec, Supervisor, sender
 from agentnas.trainer_daemon.devices import default_devices, parse_device
 
@@ -48,12 +49,16 @@ def service_specs(config: Config, config_path: str | None, home: Path, url: str,
 async def run_system(config: Config, home: Path, config_path: str | None, nats_url: str | None, console: Console,
                      body: Body, role_impls: dict[str, str] | None = None) -> None:
     """Start everything, run `body`, stop everything (also on Ctrl-C / SIGTERM)."""
-    server = None
+    previous = home_mod.previous_up(home)  # raises if another `up` is running on this home
+    bus = None
+    health = Health(home, "supervisor")
     if not nats_url:
-        server = NatsServer(home / "nats", binary=config.bus.nats_server_binary or None)
-        nats_url = server.start()
+        bus = EmbeddedBus(home / "nats", binary=config.bus.nats_server_binary or None,
+                          health=Health(home, "nats-server"))
+        nats_url = bus.start()
+    watcher = None
     try:
-        nc = await connect(nats_url, config.bus, name="agentnas-supervisor")
+        nc = await connect(nats_url, config.bus, name="agentnas-supervisor", health=health)
         js = nc.jetstream()
         await ensure_streams(js)
         home_mod.write_bus_file(home, nats_url)
@@ -62,29 +67,43 @@ async def run_system(config: Config, home: Path, config_path: str | None, nats_u
         async def notify(payload: messages.Kind) -> None:
             await publish(js, messages.make_event(payload, run_id=subjects.SYSTEM_RUN, sender=me))
 
+        if previous is not None:
+            console.print(f"the previous agentnas on {home} did not stop cleanly (pid {previous.pid}); "
+                          "carrying on from the log")
+            await notify(messages.UncleanShutdown(pid=previous.pid, url=previous.url, since=previous.since))
         supervisor = Supervisor(service_specs(config, config_path, home, nats_url, role_impls), home / "logs", notify)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if bus is not None:
+            bus.notify = notify
+            watcher = asyncio.create_task(bus.watch(js, stop))
         await supervisor.start()
-        console.print(f"agentnas is up: bus {nats_url} ({'embedded' if server else 'external'}), home {home}")
-        print_services(console, supervisor)
+        console.print(f"agentnas is up: bus {nats_url} ({'embedded' if bus else 'external'}), home {home}")
+        print_services(console, supervisor, bus)
         work = asyncio.create_task(body(js, stop))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        stop.set()
         console.print("stopping ...")
         await supervisor.stop()
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
         await close(nc)
-        print_services(console, supervisor)
+        if bus is not None:
+            bus.stop()
+        print_services(console, supervisor, bus)
         if work.done():
             work.result()  # re-raise what the body raised
         else:
             work.cancel()
     finally:
-        if server is not None:
-            server.stop()
+        if watcher is not None:
+            watcher.cancel()
+        if bus is not None:
+            bus.stop()
         home_mod.clear_bus_file(home)
 
 
@@ -100,8 +119,10 @@ async def run_up(config: Config, home: Path, config_path: str | None, nats_url: 
     await run_system(config, home, config_path, nats_url, console, body)
 
 
-def print_services(console: Console, supervisor: Supervisor) -> None:
+def print_services(console: Console, supervisor: Supervisor, bus: EmbeddedBus | None = None) -> None:
     table = Table("service", "pid", "status", "restarts")
+    if bus is not None:
+        table.add_row("nats-server", str(bus.pid), bus.status, str(bus.restarts))
     for state in supervisor.states.values():
         table.add_row(state.name, str(state.pid), state.status, str(state.restarts))
     console.print(table)

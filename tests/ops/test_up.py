@@ -75,3 +75,55 @@ def test_up_with_an_existing_server(nats_server, tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "external" in result.stdout and nats_server.url in result.stdout
+
+
+def nats_pid(home):
+    (ports,) = (home / "nats" / "ports").glob("*.ports") or [None]
+    return int(ports.stem.rsplit("_", 1)[1]) if ports else None
+
+
+async def test_the_embedded_nats_server_is_supervised(tmp_path):
+    """kill -9 of the embedded nats-server: restarted on the same port, services reconnect, events say so."""
+    home = tmp_path / "home"
+    up = subprocess.Popen(agentnas_cmd("--home", str(home), "up"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    log = home / "events.sqlite"
+    try:
+        await wait_until(lambda: [p for k, p in kinds_of(log) if k == "agent.started" and p["role"] == "recorder"],
+                         timeout=60, what="recorder started")
+        url = json.loads((home / "bus.json").read_text())["url"]
+        first = await wait_until(lambda: nats_pid(home), what="ports file")
+        os.kill(first, signal.SIGKILL)
+        restarted = await wait_until(
+            lambda: [p for k, p in kinds_of(log) if k == "service.restarted" and p["service"] == "nats-server"],
+            timeout=60, what="nats-server restarted")
+        assert restarted[0]["pid"] != first and json.loads((home / "bus.json").read_text())["url"] == url
+        # the recorder reconnected: a new event still reaches the log
+        before = len(kinds_of(log))
+        subprocess.run(agentnas_cmd("--home", str(home), "events", "_system"), capture_output=True, timeout=30)
+        await wait_until(lambda: len(kinds_of(log)) > before, timeout=40, what="events after the restart")
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=30)
+    assert up.returncode == 0, err
+    assert "nats-server" in out
+
+
+def test_a_stale_bus_file_is_an_unclean_shutdown_and_a_live_one_refuses_a_second_up(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (home / "bus.json").write_text(json.dumps({"url": "nats://127.0.0.1:1", "pid": dead.pid, "since": 1.0}))
+    result = subprocess.run(agentnas_cmd("--home", str(home), "up", "--for", "3"), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "did not stop cleanly" in " ".join(result.stdout.split())
+    (unclean,) = [p for k, p in kinds_of(home / "events.sqlite") if k == "system.unclean_shutdown"]
+    assert unclean["pid"] == dead.pid and not (home / "bus.json").exists()
+    # a live `up` on the same home: a second one is refused with one line
+    (home / "bus.json").write_text(json.dumps({"url": "nats://127.0.0.1:1", "pid": os.getpid(), "since": 1.0}))
+    second = subprocess.run(agentnas_cmd("--home", str(home), "up", "--for", "1"), capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 2 and "already running" in second.stderr and "Traceback" not in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
