@@ -245,3 +245,32 @@ def test_fold_is_pure_and_the_log_gives_the_same_state(tmp_path):
     with EventLog(tmp_path / "l.sqlite") as log:
         log.append(events)
         assert load_run_state(log, RUN) == replay(RUN, events)
+
+
+def test_a_run_recorded_before_typed_settings_replays_to_the_same_state():
+    """A Phase 1 run recorded by the previous version (run.requested with an untyped config dict,
+    the state folded by the two old folds) gives the same facts through the one fold."""
+    import json
+    from pathlib import Path
+
+    fixtures = Path(__file__).parents[1] / "fixtures"
+    expected = json.loads((fixtures / "legacy_phase1_run.expected.json").read_text())
+    envelopes = []
+    for line in (fixtures / "legacy_phase1_run.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        envelopes.append(m.Envelope(id=row["id"], run_id=row["run_id"], kind=row["kind"], time=row["time"],
+                                    sender=m.Sender(**row["sender"]), causation_id=row["causation_id"],
+                                    payload=m.decode_payload(row["kind"], json.dumps(row["payload"]))))
+    state = replay(expected["run_id"], envelopes)
+    phase1 = state.phase1
+    assert state.n_events == expected["events"] and state.status == expected["status"]
+    assert state.settings.phase1.budget == expected["budget"] and state.settings.phase1.patience == expected["patience"]
+    assert state.settings.task.name == expected["task"] and state.settings.task.input_shape == (3, 8, 8)
+    assert (phase1.budget_used, phase1.since_improvement, phase1.best_proxy) == (
+        expected["budget_used"], expected["since_improvement"], expected["best_proxy"])
+    assert [a.arch_id for a in phase1.leaderboard()] == expected["leaderboard"]
+    assert phase1.stopped.reason == expected["stopped"]
+    assert {a: [arch.status, arch.proxy_metric, arch.params] for a, arch in phase1.archs.items()} == expected["archs"]
+    assert {a: [arch.wave1_status, arch.wave1_metric] for a, arch in phase1.archs.items()
+            if arch.wave1_eval_id} == expected["wave1"]
+    assert state.evals.by_status == expected["evals_by_status"]
