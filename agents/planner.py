@@ -17,6 +17,7 @@ from agentnas.agents.conversation import Unusable, ask_parsed
 from agentnas.agents.protocol import Experiment, Explore, Stop, format_arch_id, parse_planner
 from agentnas.agents.rule_planner import RulePlanner, TaskInfo
 from agentnas.agents.evaluations import evaluation
+from agentnas.agents.final import final_work
 from agentnas.agents.runtime import Context, Work
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
@@ -47,9 +48,8 @@ class PlannerRole:
         if not state.settings.runs_phase(1):
             return []
         if phase1.seed is not None:
-            if state.settings.phases == (1,):
-                return [Work(key=f"{state.run_id}:finish", run_id=state.run_id, action=self.finish)]
-            return []
+            # a Phase-1-only run: the planner owns its final stage (wave 2 and the result)
+            return final_work(state, ready=max(state.settings.phases) == 1)
         if phase1.stopped is not None:
             return self._full_training_work(state)
         if not phase1.awaiting_planner:
@@ -114,13 +114,6 @@ class PlannerRole:
 
     async def fail_no_candidates(self, ctx: Context) -> None:
         await ctx.emit(m.RunFailed(reason="phase 1 stopped without a successful proxy evaluation"))
-
-    async def finish(self, ctx: Context) -> None:
-        state = ctx.state
-        seed = state.phase1.seed
-        await ctx.emit(m.RunFinished(summary={"seed": seed.arch_id, "seed_val_metric": seed.val_metric,
-                                              "budget_used": state.phase1.budget_used,
-                                              "stopped": state.phase1.stopped.reason}))
 
     async def turn(self, ctx: Context) -> None:
         raise NotImplementedError

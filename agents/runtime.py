@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -68,6 +69,9 @@ class Context:
         # through a bus outage of up to ten minutes (an LLM answer already paid for must not be lost)
         await publish_until_done(self.agent.js, env, what=f"{self.agent.role.name} decision")
         return env
+
+    def now(self) -> float:
+        return time.time()
 
     def call_id(self, wire: list[dict]) -> str:
         """The n-th LLM call of this work with these messages: the same id when the work is retried."""

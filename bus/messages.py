@@ -48,8 +48,46 @@ class RunStarted(Kind, tag="run.started"):
     pass
 
 
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """One architecture's final numbers: wave 1 selects, wave 2 reports (PROTOCOL.md)."""
+
+    arch_id: str
+    phase: int  # 1 or 3
+    source: str
+    recipe: dict[str, Any] = {}
+    val_metric: float | None = None  # wave-1 validation (best epoch)
+    test_metric: float | None = None  # wave-2 test (trained on train+valid, last weights)
+    params: int | None = None
+    flops: int | None = None
+    weights_path: str = ""  # wave-2 weights
+    eval_id: str = ""  # the wave-2 evaluation
+    config_key: str = ""  # Phase 3: the slot configuration
+    choices: list[tuple[str, str]] = []  # Phase 3: (slot, chosen alternative's description)
+
+
+class PhaseCost(msgspec.Struct, frozen=True, kw_only=True):
+    phase: str  # "1", "1.5", "2", "3", "final"
+    wall_s: float = 0.0
+    device_s: float = 0.0
+    evaluations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a finished run hands over."""
+
+    winner: Outcome
+    seed: Outcome | None = None  # the Phase 1 seed (the LLM-only result), when it is not the winner
+    metric: str = ""  # the task's metric; every metric is an error: lower is better
+    rule: str = ""  # how the winner was chosen (the reporting rule)
+    phases: list[PhaseCost] = []
+
+
 class RunFinished(Kind, tag="run.finished"):
     summary: dict[str, Any] = {}
+    result: RunResult | None = None
 
 
 class RunFailed(Kind, tag="run.failed"):
@@ -242,6 +280,12 @@ class BatchSummarized(Kind, tag="batch.summarized"):
     summary: str
 
 
+class PhaseStarted(Kind, tag="phase.started"):
+    """A stage of the pipeline began: "1", "1.5", "2", "3" or "final" (time and cost are counted per stage)."""
+
+    phase: str
+
+
 class PhaseStopped(Kind, tag="phase.stopped"):
     phase: int
     reason: str  # planner STOP | budget | patience | cost cap
@@ -324,6 +368,7 @@ Payload = Union[
     ArchitectureImplemented,
     ArchitectureRejected,
     BatchSummarized,
+    PhaseStarted,
     PhaseStopped,
     SeedSelected,
     AgentOutputRejected,

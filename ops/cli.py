@@ -24,7 +24,7 @@ from agentnas.bus.config import Config, ConfigError, config_to_toml, load_config
 from agentnas.bus.connect import BusUnavailable
 from agentnas.bus.logs import configure_logging
 from agentnas.bus.server import NatsServerError
-from agentnas.ops.home import HomeError, log_file, prepare_home
+from agentnas.ops.home import HomeError, check_log, log_file, need_folder, prepare_home
 from agentnas.store.log import EventLog, LogError
 from agentnas.store.log import load_run_state
 from agentnas.trainer_daemon.devices import DeviceError
@@ -58,7 +58,8 @@ class Context(msgspec.Struct, kw_only=True):
 @app.callback()
 def _global(
     ctx: typer.Context,
-    home: Annotated[Optional[Path], typer.Option(help="Home folder [env AGENTNAS_HOME; default ~/.agentnas].")] = None,
+    home: Annotated[Optional[Path], typer.Option(
+        help="Home folder: the event log, NATS store, service logs, weights (else $AGENTNAS_HOME, else ~/.agentnas).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file.")] = None,
     log_format: Annotated[str, typer.Option(help="auto | console | json")] = "",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "",
@@ -75,6 +76,7 @@ def _global(
 
 
 def _open_log(ctx: Context) -> EventLog:
+    need_folder(ctx.home)
     path = log_file(ctx.home)
     if not path.exists():
         raise UserError(f"no event log at {path} (start the system with `agentnas up`, or pass --home)")
@@ -88,6 +90,12 @@ def _need_run(event_log: EventLog, run_id: str) -> None:
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def quiet_logs(c: Context) -> None:
+    """This process's log lines go to <home>/logs/agentnas.log instead of the screen."""
+    (c.home / "logs").mkdir(parents=True, exist_ok=True)
+    configure_logging("json", c.config.log.level, stream=open(c.home / "logs" / "agentnas.log", "a", buffering=1))
 
 
 def run_service(serve) -> None:
@@ -161,24 +169,34 @@ def check_model(
     file: Annotated[Path, typer.Argument(help="Python file defining `class Architecture(nn.Module)`.")],
     task: Annotated[str, typer.Option(help="Built-in task name or task TOML file (see `agentnas tasks`).")],
     device: Annotated[str, typer.Option(help="cpu or cuda:N.")] = "cpu",
-    memory_mb: Annotated[float, typer.Option(help="Memory cap.")] = 11264.0,
+    memory_mb: Annotated[float, typer.Option(help="Memory cap in MB.")] = 11264.0,
+    validate_cap_s: Annotated[float, typer.Option(
+        help="Wall-clock cap of the whole check in seconds (a run's proxy.validate_time_cap_s).")] = 60.0,
 ) -> None:
     """Check a model file: static gate, then build, forward/backward, shapes, FLOPs, memory (exit 0 only if ok)."""
+    from agentnas.ops.run import task_reference
     from agentnas.trainer_daemon.check import check_model_file
-    from agentnas.trainer_daemon.devices import parse_device
+    from agentnas.trainer_daemon.devices import check_device
     from agentnas.trainer_daemon.tasks import TaskError, load_task
 
     c: Context = ctx.obj
-    device = parse_device(device)
+    device = check_device(device)
+    if not memory_mb > 0:
+        raise UserError(f"--memory-mb must be a positive number of MB, got {memory_mb:g}")
+    prepare_home(c.home)  # scratch folders live there
     try:
         load_task(task)
     except TaskError as exc:
         raise UserError(str(exc)) from None
+    task = task_reference(task)  # the worker starts in its scratch folder: a relative path would not resolve there
     try:
         source = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read model file {file}: {getattr(exc, 'strerror', None) or exc}") from None
-    result = asyncio.run(check_model_file(source, task, device=device, memory_mb=memory_mb, scratch_root=c.home / "scratch"))
+    if not validate_cap_s > 0:
+        raise UserError(f"--validate-cap-s must be > 0, got {validate_cap_s:g}")
+    result = asyncio.run(check_model_file(source, task, device=device, memory_mb=memory_mb,
+                                          scratch_root=c.home / "scratch", validate_cap_s=validate_cap_s))
     if result.status == "ok":
         console.print(f"[green]ok[/green]  params {result.params:,}  FLOPs/sample {result.flops:,}  "
                       f"peak memory {result.peak_memory_mb:.1f} MB", highlight=False)
@@ -194,17 +212,28 @@ def check_model(
 @app.command()
 def tasks(
     ctx: typer.Context,
-    task_file: Annotated[Optional[Path], typer.Argument(help="Also check and show this task TOML file.")] = None,
+    task_file: Annotated[Optional[Path], typer.Argument(help="Check this task TOML file: 'ok' and what it holds, or the problem.")] = None,
 ) -> None:
-    """List the built-in tasks (and check a custom task file)."""
-    from agentnas.trainer_daemon.tasks import TaskError, list_tasks, load_task
+    """List the built-in tasks, or check a custom task file (your own dataset).
 
-    specs = list_tasks()
+    A task file is TOML: name, input_shape (per sample, channels first), output_shape
+    (\\[num_classes] for classification, else the per-sample target shape), loss, metric,
+    optional description, blind, published_best; then a \\[files] table naming .npy files
+    train_x, train_y, valid_x, valid_y, test_x, test_y (optional valid_groups, test_groups),
+    relative to the TOML file's folder. Arrays have the sample axis first; inputs are read
+    as float32, class labels as int64 ids. The format, every loss and metric, and a worked
+    example: docs/DATASETS.md.
+    """
+    from agentnas.trainer_daemon.tasks import TaskError, describe_task, list_tasks, load_task
+
     if task_file is not None:
         try:
-            specs.append(load_task(str(task_file)).spec)
+            data = load_task(str(task_file))
         except TaskError as exc:
             raise UserError(str(exc)) from None
+        sys.stdout.write(f"ok  {task_file}: task {data.spec.name!r}: {describe_task(data)}\n")  # one line, never wrapped
+        return
+    specs = list_tasks()
     table = Table("task", "input", "output", "loss", "metric (lower is better)", "blind")
     for spec in specs:
         table.add_row(spec.name, "x".join(map(str, spec.input_shape)), "x".join(map(str, spec.output_shape)),
@@ -232,6 +261,28 @@ def agent(
     run_service(lambda stop: serve_role(cls, nats_url, config, c.home, stop=stop))
 
 
+def _planner_impl(config: Config, planner: str | None, llm: str | None, on_divergence: str) -> str | None:
+    """The planner's module:Class (None: the configured one), after checking --planner, --llm none
+    and --on-divergence together, so that a bad combination stops before anything starts."""
+    from agentnas.agents.roles import RULE_PLANNER, role_class
+
+    if on_divergence not in ("stop", "live"):
+        raise UserError(f"--on-divergence must be 'stop' or 'live', not '{on_divergence}'")
+    if planner not in (None, "llm", "rule") and ":" not in planner:
+        raise UserError(f"--planner must be llm, rule or module:Class, not '{planner}'")
+    if llm == "none" and planner == "llm":
+        raise UserError("--planner llm needs an LLM but --llm none asks for none; drop one of them")
+    if llm == "none" and planner is None:
+        planner = "rule"
+    impl = {"rule": RULE_PLANNER, "llm": None, None: None}.get(planner, planner)
+    try:
+        role_class(msgspec.structs.replace(config, agents=msgspec.structs.replace(
+            config.agents, planner=impl or config.agents.planner)), "planner")
+    except RoleError as exc:
+        raise UserError(f"--planner: {exc}" if planner not in (None, "llm") else str(exc)) from None
+    return impl
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -242,6 +293,7 @@ def run(
     budget: Annotated[Optional[int], typer.Option(help="Evaluation budget of the search phases.")] = None,
     planner: Annotated[Optional[str], typer.Option(help="llm | rule | module:Class.")] = None,
     nats_url: Annotated[Optional[str], typer.Option(help="Use this NATS server instead of starting one.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show this process's log lines.")] = False,
 ) -> None:
     """Run the pipeline on a task end to end, with live progress."""
     from agentnas.agents.llm_settings import LlmError, LlmSettings
@@ -262,13 +314,15 @@ def run(
         if budget < 1:
             raise UserError("--budget must be at least 1")
         config = msgspec.structs.replace(config, phase1=msgspec.structs.replace(config.phase1, budget=budget))
-    impl = {"rule": RULE_PLANNER, "llm": None, None: None}.get(planner, planner)
-    if llm == "none":
-        impl, llm = RULE_PLANNER, None
+    impl = _planner_impl(config, planner, llm, on_divergence)
+    no_llm, llm = llm == "none", (None if llm == "none" else llm)
     prepare_home(c.home)
+    check_log(c.home)  # a log the recorder could not write stops the run here, not in a restart loop
+    if not verbose:  # services log to <home>/logs/; this process too, unless asked
+        quiet_logs(c)
     try:
         load_task(task)
-        if impl != RULE_PLANNER:
+        if impl != RULE_PLANNER and not no_llm:
             asyncio.run(preflight(LlmSettings.from_config(config.llm, llm, on_divergence=on_divergence)))
     except (TaskError, LlmError) as exc:
         raise UserError(str(exc)) from None
@@ -370,8 +424,9 @@ def events(
 
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
-    """Print the effective configuration as TOML (defaults, file, flags)."""
-    sys.stdout.write(config_to_toml(ctx.obj.config))
+    """Print the effective configuration as TOML (defaults, file, flags), the home folder resolved."""
+    c: Context = ctx.obj
+    sys.stdout.write(config_to_toml(msgspec.structs.replace(c.config, home=str(c.home))))
 
 
 def main() -> None:

@@ -10,15 +10,17 @@ from pathlib import Path
 import msgspec
 import numpy as np
 from rich.console import Console
+from rich.text import Text
 
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
 from agentnas.bus.settings import RunSettings, TaskInfo
 from agentnas.bus.publish import publish
-from agentnas.ops.describe import describe
+from agentnas.ops.progress import follow
+from agentnas.ops.result import chance_level, result_lines, write_result
 from agentnas.ops.home import log_file
 from agentnas.ops.up import run_system
-from agentnas.store.log import EventLog, LogError, row_to_envelope
+from agentnas.store.state import RunState
 from agentnas.trainer_daemon.devices import default_concurrency, default_devices, parse_device
 from agentnas.trainer_daemon.tasks import BUILTIN_TASKS, TaskData, load_task
 
@@ -26,7 +28,8 @@ SENDER = m.Sender(agent="cli")
 
 
 def new_run_id(task_name: str) -> str:
-    safe = "".join(c if c.isalnum() else "-" for c in task_name)[:24].strip("-") or "run"
+    # run ids are ASCII letters, digits, _ and - (subjects.valid_run_id): "tâche" is "t-che"
+    safe = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "-" for c in task_name)[:24].strip("-") or "run"
     return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
@@ -60,36 +63,15 @@ def run_settings(config: Config, data: TaskData, task_ref: str, phases: tuple[in
                                    on_divergence=on_divergence, data_dir=str(data_dir), data_paths=data_paths)
 
 
-def _quiet(env: m.Envelope) -> bool:
-    """Validations are the Code Executor's inner loop; their outcome shows in what follows."""
-    return isinstance(env.payload, m.EvaluationCompleted) and env.payload.request == "validate"
-
-
-_SHOWN = (m.RunStarted, m.ExplorationRequested, m.ExplorationReported, m.ExperimentProposed, m.ArchitectureRejected,
-          m.EvaluationCompleted, m.BatchSummarized, m.PhaseStopped, m.SeedSelected, m.AgentOutputRejected,
-          m.RunFinished, m.RunFailed)
-
-
-async def follow(path: Path, run_id: str, console: Console, stop: asyncio.Event) -> str:
-    """Print the run's notable events as they are recorded; returns its final status."""
-    after = 0
-    while not stop.is_set():
-        try:
-            with EventLog(path, readonly=True) as log:
-                rows = log.rows(run_id, after_seq=after, limit=500)
-        except LogError:
-            rows = []
-        for row in rows:
-            after = row.seq
-            env = row_to_envelope(row)
-            if isinstance(env.payload, _SHOWN) and not _quiet(env):
-                console.print(f"{time.strftime('%H:%M:%S', time.localtime(env.time))} {describe(env)}",
-                              highlight=False, markup=False)
-            if isinstance(env.payload, (m.RunFinished, m.RunFailed)):
-                return "finished" if isinstance(env.payload, m.RunFinished) else "failed"
-        if not rows:
-            await asyncio.sleep(0.3)
-    return "interrupted"
+def hand_over(home: Path, state: RunState, console: Console) -> None:
+    """The end of a run on the screen: the result (its folder written first) or why it failed."""
+    if state.result is not None and state.settings is not None:
+        folder = write_result(home, state.run_id, state.result, state.settings.task)
+        for line in result_lines(state.run_id, state.result, state.settings.task, folder,
+                                 chance=chance_level(state.settings.task_ref)):
+            console.print(Text(line, overflow="fold"), highlight=False)
+    elif state.status == "failed":
+        console.print(Text(f"run {state.run_id} failed: {state.failure}", overflow="fold"), highlight=False)
 
 
 async def run_pipeline(config: Config, home: Path, config_path: str | None, task_ref: str, phases: tuple[int, ...],
@@ -116,10 +98,17 @@ async def run_pipeline(config: Config, home: Path, config_path: str | None, task
         await publish(js, m.make_event(m.RunStarted(), run_id=run_id, sender=SENDER))
         console.print(f"run {run_id}: task {data.spec.name}, phases {list(phases)}, "
                       f"budget {config.phase1.budget}; `agentnas --home {home} events {run_id} -f` shows everything")
-        outcome["status"] = await follow(log_file(home), run_id, console, stop)
+        state = await follow(log_file(home), run_id, home, console, stop)
+        outcome["status"] = state.status if state.ended else "interrupted"
+        outcome["state"] = state
 
     roles = {"planner": planner_impl} if planner_impl else None
     await run_system(config, home, config_path, nats_url, console, body, role_impls=roles)
-    console.print(f"run {run_id}: {outcome['status']}; `agentnas --home {home} status {run_id}` for the state, "
-                  f"`agentnas --home {home} audit {run_id}` for the LLM decisions")
+    if "state" in outcome:
+        hand_over(home, outcome["state"], console)
+    if outcome["status"] == "interrupted":
+        console.print(Text(f"run {run_id} interrupted; continue it with `agentnas --home {home} run --resume {run_id}`",
+                           overflow="fold"), highlight=False)
+    console.print(Text(f"`agentnas --home {home} status {run_id}` shows the run's state, "
+                       f"`agentnas --home {home} audit {run_id}` its LLM decisions", overflow="fold"), highlight=False)
     return outcome["status"]

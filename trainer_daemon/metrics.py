@@ -235,3 +235,24 @@ def compute_metric(
     if not np.all(np.isfinite(outputs)):
         raise ValueError(f"{name}: outputs contain NaN or inf")
     return function(outputs, targets, groups)
+
+
+def trivial_baseline(metric: str, loss: str, train_y: np.ndarray, test_y: np.ndarray,
+                     output_shape: tuple[int, ...], test_groups: np.ndarray | None = None) -> float:
+    """The test metric of a predictor that ignores its input and answers with the training
+    split's statistics: the majority class for class labels, the per-output training mean
+    (as probabilities for labels in {0, 1}) otherwise. A reference point for any result."""
+    n = len(test_y)
+    if loss == "cross_entropy":
+        counts = np.bincount(np.asarray(train_y, dtype=np.int64).reshape(-1), minlength=output_shape[0])
+        outputs = np.zeros((n, output_shape[0]), dtype=np.float64)
+        outputs[:, int(np.argmax(counts))] = 1.0
+        return compute_metric(metric, outputs, np.asarray(test_y), test_groups)
+    train = np.asarray(train_y, dtype=np.float64).reshape(len(train_y), *output_shape)
+    mean = train.mean(axis=0)
+    if loss in ("bce_with_logits", "masked_bce"):
+        p = np.clip(mean, 1e-6, 1 - 1e-6)
+        mean = np.log(p / (1 - p))  # logits of the label frequencies
+    outputs = np.broadcast_to(mean, (n, *output_shape)).copy()
+    targets = np.asarray(test_y, dtype=np.float64).reshape(n, *output_shape)
+    return compute_metric(metric, outputs, targets, test_groups)

@@ -6,7 +6,7 @@ replaced, never mutated. The agents, `agentnas status`, the `runs` table (throug
 event kinds here, not new folds.
 
 Sections: lifecycle and settings (here), `evals` (every evaluation, any phase), `llm` (the
-ledger and each agent's dialogue), `phase1`.
+ledger and each agent's dialogue), `costs` (time, device time, tokens per stage), `phase1`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import structlog
 
 from agentnas.bus import messages as m
 from agentnas.bus.settings import RunSettings
+from agentnas.store.state.costs import Costs, fold_costs
 from agentnas.store.state.evals import Evaluations, fold_evals
 from agentnas.store.state.llm import LlmSection, consume, fold_llm
 from agentnas.store.state.phase1 import Phase1, fold_phase1
@@ -68,7 +69,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     rejected_messages: int = 0
     evals: Evaluations = Evaluations()
     llm: LlmSection = LlmSection()
+    costs: Costs = Costs()
     phase1: Phase1 = Phase1()
+    result: m.RunResult | None = None
 
     @property
     def requested(self) -> bool:
@@ -121,8 +124,8 @@ def fold(state: RunState, env: m.Envelope) -> RunState:
     match payload:
         case m.RunRequested(task=task, phases=phases) if state.settings is None:
             state = msgspec.structs.replace(state, settings=_settings_of(payload), task=task, phases=tuple(phases))
-        case m.RunFinished(summary=summary):
-            state = msgspec.structs.replace(state, summary=summary)
+        case m.RunFinished(summary=summary, result=result):
+            state = msgspec.structs.replace(state, summary=summary, result=state.result or result)
         case m.RunFailed(reason=reason):
             state = msgspec.structs.replace(state, failure=state.failure or reason)
         case m.MessageRejected():
@@ -137,12 +140,25 @@ def fold(state: RunState, env: m.Envelope) -> RunState:
         llm = consume(llm, env.sender.agent)
     explorer_turns = llm.turns("explorer")
     llm = fold_llm(llm, env)
+    record = None
+    costs = state.costs
+    if isinstance(payload, m.EvaluationCompleted):
+        before = state.evals.records.get(payload.eval_id)
+        if before is None or not before.done:  # a second completion of an evaluation costs nothing more
+            costs = fold_costs(costs, env)
+    elif state.settings is not None:
+        costs = fold_costs(costs, env, first_phase=_first_stage(state.settings))
     evals = fold_evals(state.evals, env)
-    record = evals.records.get(payload.eval_id) if isinstance(payload, m.EvaluationCompleted) else None
+    if isinstance(payload, m.EvaluationCompleted):
+        record = evals.records.get(payload.eval_id)
     phase1 = state.phase1
     if state.settings is not None and state.settings.runs_phase(1):
         phase1 = fold_phase1(phase1, env, explorer_turns=explorer_turns, record=record)
-    return msgspec.structs.replace(state, llm=llm, evals=evals, phase1=phase1)
+    return msgspec.structs.replace(state, llm=llm, evals=evals, costs=costs, phase1=phase1)
+
+
+def _first_stage(settings: RunSettings) -> str:
+    return str(min(settings.phases)) if settings.phases else "1"
 
 
 def replay(run_id: str, events: Iterable[m.Envelope]) -> RunState:

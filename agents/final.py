@@ -1,0 +1,124 @@
+"""The final stage of every run: the reporting rule, wave 2, and the result it hands over.
+
+PROTOCOL.md: across Phase 1 and Phase 3 pick the architecture with the best wave-1
+validation metric and report its wave-2 test metric (retrained from scratch on
+train+valid, last weights, tested once). The Phase 3 population holds the seed, so when NAS
+never beats it the best non-seed is reported instead, which makes a null NAS result
+visible. The seed (the LLM-only result) gets its own wave 2 too, so the two can be
+compared. Test metrics are never shown to an agent: only this stage reads them, after
+every decision is made.
+
+The role that owns the run's last phase performs this stage (`final_work`); everything it
+needs is in the folded state.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from agentnas.agents.evaluations import eval_id, evaluation
+from agentnas.agents.runtime import Context, Work
+from agentnas.bus import messages as m
+from agentnas.store.state import RunState
+
+STAGE = "final"
+
+
+class Finalist(msgspec.Struct, frozen=True, kw_only=True):
+    arch_id: str
+    phase: int
+    source: str
+    recipe: dict
+    val_metric: float  # wave 1
+    is_seed: bool = False  # the Phase 1 seed, or its configuration in Phase 3
+    params: int | None = None
+    flops: int | None = None
+    config_key: str = ""
+    choices: list[tuple[str, str]] = []
+
+
+def finalists(state: RunState) -> list[Finalist]:
+    """Every architecture with a successful wave-1 result, best first."""
+    found: list[Finalist] = []
+    seed = state.phase1.seed
+    for arch in state.phase1.archs.values():
+        if arch.wave1_status == "ok" and arch.wave1_metric is not None:
+            record = state.evals.records.get(arch.wave1_eval_id)
+            found.append(Finalist(arch_id=arch.arch_id, phase=1, source=arch.source,
+                                  recipe=arch.recipe if isinstance(arch.recipe, dict) else {},
+                                  val_metric=arch.wave1_metric, is_seed=seed is not None and seed.arch_id == arch.arch_id,
+                                  params=arch.params, flops=record.flops if record else None))
+    return sorted(found, key=lambda f: (f.val_metric, f.phase, f.arch_id))
+
+
+def choose(candidates: list[Finalist]) -> tuple[Finalist | None, Finalist | None, str]:
+    """(winner, seed, rule): the reporting rule over wave-1 validation metrics."""
+    if not candidates:
+        return None, None, "no architecture completed wave-1 training"
+    seed = next((f for f in candidates if f.is_seed), None)
+    best = candidates[0]
+    phase3 = any(f.phase == 3 for f in candidates)
+    if not phase3:
+        return best, None, "best wave-1 validation metric of Phase 1 (the seed)"
+    if best.is_seed:
+        others = [f for f in candidates if not f.is_seed]
+        if others:
+            return others[0], seed, ("NAS never beat the seed: the best non-seed architecture is reported "
+                                     "(PROTOCOL.md), the seed beside it")
+        return best, None, "only the seed completed wave-1 training"
+    return best, seed, "best wave-1 validation metric across Phases 1 and 3"
+
+
+def final_work(state: RunState, ready: bool) -> list[Work]:
+    """What the final stage needs next; `ready` once the last search phase's wave 1 is done."""
+    if not ready or state.ended:
+        return []
+    run = state.run_id
+    if state.costs.current != STAGE:
+        return [Work(key=f"{run}:final:start", run_id=run, action=start)]
+    winner, seed, _ = choose(finalists(state))
+    if winner is None:
+        return [Work(key=f"{run}:final:fail", run_id=run, action=fail)]
+    wanted = [f for f in (winner, seed) if f is not None]
+    records = state.evals.records
+    if any(eval_id(run, f.arch_id, "final_wave2") not in records for f in wanted):
+        return [Work(key=f"{run}:final:wave2", run_id=run, action=request_wave2)]
+    if all(records[eval_id(run, f.arch_id, "final_wave2")].done for f in wanted):
+        return [Work(key=f"{run}:final:finish", run_id=run, action=finish)]
+    return []
+
+
+async def start(ctx: Context) -> None:
+    await ctx.emit(m.PhaseStarted(phase=STAGE))
+
+
+async def fail(ctx: Context) -> None:
+    await ctx.emit(m.RunFailed(reason="no architecture completed wave-1 training; nothing to report"))
+
+
+async def request_wave2(ctx: Context) -> None:
+    state = ctx.state
+    winner, seed, _ = choose(finalists(state))
+    for f in (winner, seed):
+        if f is not None and eval_id(state.run_id, f.arch_id, "final_wave2") not in state.evals.records:
+            await ctx.emit(evaluation(state, arch_id=f.arch_id, request="final_wave2", source=f.source,
+                                      recipe=f.recipe, phase=f.phase))
+
+
+def outcome(state: RunState, f: Finalist) -> m.Outcome:
+    record = state.evals.records.get(eval_id(state.run_id, f.arch_id, "final_wave2"))
+    return m.Outcome(arch_id=f.arch_id, phase=f.phase, source=f.source, recipe=f.recipe, val_metric=f.val_metric,
+                     test_metric=record.test_metric if record else None, params=f.params, flops=f.flops,
+                     weights_path=record.weights_path if record else "", eval_id=record.eval_id if record else "",
+                     config_key=f.config_key, choices=list(f.choices))
+
+
+async def finish(ctx: Context) -> None:
+    state = ctx.state
+    winner, seed, rule = choose(finalists(state))
+    result = m.RunResult(winner=outcome(state, winner), seed=outcome(state, seed) if seed else None,
+                         metric=state.settings.task.metric, rule=rule,
+                         phases=state.costs.table(until=ctx.now()))
+    summary = {"winner": winner.arch_id, "val_metric": winner.val_metric,
+               "test_metric": result.winner.test_metric}
+    await ctx.emit(m.RunFinished(summary=summary, result=result))
