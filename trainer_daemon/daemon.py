@@ -37,7 +37,7 @@ from agentnas.bus import subjects
 from agentnas.bus.config import BusConfig, TrainerConfig
 from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.publish import publish
-from agentnas.trainer_daemon.harness import Job, JobResult
+from agentnas.trainer_daemon.job import Job, JobResult
 from agentnas.trainer_daemon.sandbox import Limits, WorkerPool
 
 log = structlog.get_logger("agentnas.trainer")
@@ -84,7 +84,34 @@ def completed_event(req: m.EvaluationRequested, result: JobResult, *, attempt: i
         attempt=attempt,
         phase=req.phase,
         first_step_at=result.first_step_at,
+        choices=result.choices,
+        max_abs_diff=result.max_abs_diff,
     )
+
+
+def job_for(req: m.EvaluationRequested, weights_dir: Path) -> Job:
+    """The harness's job for a request; only full training writes weights (into `weights_dir`)."""
+    return Job(
+        eval_id=req.eval_id,
+        request=req.request,
+        model_source=req.model_source,
+        recipe=req.recipe,
+        time_cap_s=req.caps.time_s,
+        memory_cap_mb=req.caps.memory_mb,
+        seed=req.seed,
+        weights_dir=str(weights_dir) if req.request in ("final_wave1", "final_wave2") else "",
+        reference_source=req.reference_source,
+        equivalence=req.equivalence,
+        space=req.space,
+        gdas=req.gdas,
+    )
+
+
+def progress_event(eval_id: str, progress: dict) -> m.EvaluationProgress:
+    """An `evaluation.progress` from one progress line of the harness."""
+    return m.EvaluationProgress(eval_id=eval_id, epoch=progress["epoch"], epochs=progress["epochs"],
+                                train_loss=progress["train_loss"], val_metric=progress.get("val_metric"),
+                                device_time_s=progress.get("device_time_s", 0.0), choices=progress.get("choices"))
 
 
 class Trainer:
@@ -161,22 +188,11 @@ class Trainer:
         await msg.ack()
 
     async def evaluate(self, env: m.Envelope, req: m.EvaluationRequested) -> JobResult:
-        job = Job(
-            eval_id=req.eval_id,
-            request=req.request,
-            model_source=req.model_source,
-            recipe=req.recipe,
-            time_cap_s=req.caps.time_s,
-            memory_cap_mb=req.caps.memory_mb,
-            seed=req.seed,
-            weights_dir=str(self.home / "weights" / env.run_id) if req.request in ("final_wave1", "final_wave2") else "",
-        )
+        job = job_for(req, self.home / "weights" / env.run_id)
         pool = await self.pool_for(req.task, req.caps)
 
         async def on_progress(p: dict) -> None:
-            await self.emit(m.EvaluationProgress(eval_id=req.eval_id, epoch=p["epoch"], epochs=p["epochs"],
-                                                 train_loss=p["train_loss"], val_metric=p.get("val_metric"),
-                                                 device_time_s=p.get("device_time_s", 0.0)), env.run_id, env.id)
+            await self.emit(progress_event(req.eval_id, p), env.run_id, env.id)
 
         return await pool.run(job, on_progress)
 

@@ -401,3 +401,187 @@ def test_every_request_kind_on_every_builtin_task(task_name, request_kind, tmp_p
         assert result.test_metric is not None and result.val_metric is None and result.weights_path
     for metric in (result.val_metric, result.test_metric):
         assert metric is None or (metric >= 0 and math.isfinite(metric))
+
+
+# ---------------------------------------------------------------- lazy modules
+
+LAZY = """
+import torch
+from torch import nn
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.LazyConv2d(8, 3, padding=1)
+        self.bn = nn.LazyBatchNorm2d()
+        self.head = nn.LazyLinear(2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+"""
+LAZY_PARAMS = (8 * 3 * 9 + 8) + 2 * 8 + (8 * 2 + 2)
+
+
+@pytest.mark.parametrize("request_kind", ["validate", "proxy", "final_wave1", "final_wave2"])
+def test_lazy_modules_work_in_every_request_kind(request_kind, tmp_path):
+    recipe = {"epochs": 10, "batch_size": 32, "lr": 0.02}
+    result, reports = run(request_kind, LAZY, recipe=recipe, weights_dir=str(tmp_path))
+    assert result.status == "ok", (result.reason, result.traceback[-800:])
+    assert result.params == LAZY_PARAMS  # counted after the probe's forward initialised them
+    assert result.flops and result.flops > 0
+    if request_kind == "validate":
+        return
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]  # the optimizer holds the initialised parameters
+    if request_kind == "proxy":
+        assert result.epochs_done == 3 and result.val_metric is not None and result.val_metric < 50
+    else:
+        state = torch.load(result.weights_path)["state_dict"]
+        assert tuple(state["conv.weight"].shape) == (8, 3, 3, 3) and tuple(state["head.weight"].shape) == (2, 8)
+
+
+# ---------------------------------------------------------------- equivalence requests
+
+INLINE = """
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = F.relu(x + self.bn1(self.conv1(x)))
+        return self.head(x.mean(dim=(2, 3)))
+"""
+STAGED = """
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+class Stage1(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return F.relu(x + self.bn(self.conv(x)))
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.stage1 = Stage1()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        return self.head(self.stage1(x).mean(dim=(2, 3)))
+"""
+
+
+def equivalence(rewrite: str, reference: str = INLINE, **fields):
+    return run("equivalence", rewrite, reference_source=reference, **fields)
+
+
+def test_equivalence_accepts_a_faithful_rewrite():
+    result, reports = equivalence(STAGED)
+    assert result.status == "ok", (result.reason, result.traceback[-800:])
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-6
+    assert result.params == 3 * 8 * 9 + 16 + 8 * 8 * 9 + 16 + 8 * 2 + 2
+    assert reports == [] and result.epochs_done == 0 and result.weights_path == ""
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "reason"),
+    [
+        (STAGED.replace("return F.relu(x + self.bn", "return F.gelu(x + self.bn"), "outputs differ: max |diff| "),
+        (STAGED.replace("nn.Linear(8, 2)", "nn.Linear(8, 2, bias=False)"), "parameter count 840 != 842 of the original"),
+        (STAGED.replace("self.stage1 = Stage1()", "self.pre = nn.Parameter(torch.ones(1))\n        self.stage1 = Stage1()"),
+         "parameter count 843 != 842 of the original"),
+        (STAGED.replace("        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)\n        self.bn = nn.BatchNorm2d(8)\n",
+                        "        self.bn = nn.BatchNorm2d(8)\n        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)\n"),
+         "construction order differs at parameter 3: (8,) (stage1.bn.weight) vs (8, 8, 3, 3) (conv1.weight) in the original"),
+    ],
+    ids=["activation", "dropped bias", "added parameter", "construction order"],
+)
+def test_equivalence_rejects_with_the_reason(rewrite, reason):
+    result, _ = equivalence(rewrite)
+    assert result.status == "rejected"
+    assert result.reason.startswith(reason), result.reason
+
+
+def test_equivalence_tolerances_come_from_the_request():
+    from agentnas.bus.messages import EquivalenceOptions
+
+    nudged = STAGED.replace("return self.head(self.stage1(x).mean(dim=(2, 3)))",
+                            "return self.head(self.stage1(x).mean(dim=(2, 3))) + 1e-4")
+    assert equivalence(nudged)[0].status == "rejected"
+    result, _ = equivalence(nudged, equivalence=EquivalenceOptions(atol=1e-3, samples=3))
+    assert result.status == "ok" and result.max_abs_diff == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_equivalence_with_lazy_modules():
+    lazy_staged = LAZY.replace("self.conv = nn.LazyConv2d(8, 3, padding=1)\n        self.bn = nn.LazyBatchNorm2d()",
+                               "self.stage1 = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.LazyBatchNorm2d())")
+    lazy_staged = lazy_staged.replace("self.bn(self.conv(x))", "self.stage1(x)")
+    result, _ = equivalence(lazy_staged, reference=LAZY)
+    assert result.status == "ok", (result.reason, result.traceback[-800:])
+    assert result.params == LAZY_PARAMS
+
+
+def test_equivalence_gates_and_builds_the_reference_itself():
+    result, _ = equivalence(STAGED, reference="")
+    assert result.status == "rejected" and "needs reference_source" in result.reason
+    result, _ = equivalence(STAGED, reference="import os\n" + INLINE)
+    assert result.status == "rejected" and result.reason == "reference_source: line 1: import of 'os' is not allowed"
+    result, _ = equivalence(STAGED, reference=INLINE.replace("super().__init__()", "super().__init__()\n        1 / 0"))
+    assert result.status == "rejected"
+    assert result.reason == "build (reference_source) failed: ZeroDivisionError: division by zero"
+    assert '"<reference>"' in result.traceback
+    result, _ = equivalence(STAGED.replace("return self.head(", "return self.nope("))
+    assert result.status == "rejected" and result.reason.startswith("equivalence check (on 8 training samples) failed: "
+                                                                    "ForwardFailed: the rewrite's forward raised")
+
+
+# ---------------------------------------------------------------- the whole-job cap of validate
+
+
+@pytest.mark.parametrize(
+    ("source", "stage"),
+    [
+        (LINEAR.replace("super().__init__()", "super().__init__()\n        while True:\n            pass"), "build"),
+        (LINEAR.replace("return self.fc(x.flatten(1))", "while True:\n            pass"),
+         "probe (forward/backward on 8 samples)"),
+    ],
+    ids=["constructor", "forward"],
+)
+def test_validate_time_cap_covers_the_whole_job(source, stage):
+    import time
+
+    started = time.monotonic()
+    result, _ = run("validate", source, time_cap_s=1.0)
+    assert time.monotonic() - started < 5
+    assert result.status == "timeout"
+    assert result.reason == f"validate took longer than its cap of 1 s (wall clock, the whole job) during {stage}"
+
+
+def test_equivalence_time_cap_covers_the_whole_job():
+    slow = INLINE.replace("super().__init__()", "super().__init__()\n        while True:\n            pass")
+    result, _ = equivalence(STAGED, reference=slow, time_cap_s=0.5)
+    assert result.status == "timeout" and result.reason.endswith("during build (reference_source)")
+
+
+def test_training_requests_keep_a_device_time_cap_only():
+    # a proxy's cap is device seconds of training steps: a slow constructor is not what it measures
+    slow = LINEAR.replace("super().__init__()", "super().__init__()\n        for _ in range(3_000_000):\n            pass")
+    result, _ = run("proxy", slow, time_cap_s=0.05, recipe={"epochs": 1, "batch_size": 256})
+    assert result.status == "ok", result.reason
