@@ -19,6 +19,7 @@ from agentnas.agents.conversation import Unusable, ask_parsed
 from agentnas.agents.evaluations import evaluation
 from agentnas.agents.protocol import parse_code, referenced_arch_ids
 from agentnas.agents.runtime import Context, Work
+from agentnas.agents.slot_alternatives import alternatives_due
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
 from agentnas.store.state import Arch, RunState
@@ -39,6 +40,9 @@ class CodeExecutorRole:
         self.config, self.home = config, home
 
     def due(self, state: RunState) -> list[Work]:
+        return self.phase1_due(state) + alternatives_due(state)
+
+    def phase1_due(self, state: RunState) -> list[Work]:
         work = []
         for arch in state.phase1.archs.values():
             if arch.implemented or arch.rejected or arch.proxy_eval_id:

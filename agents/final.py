@@ -19,6 +19,7 @@ import msgspec
 from agentnas.agents.evaluations import eval_id, evaluation
 from agentnas.agents.runtime import Context, Work
 from agentnas.bus import messages as m
+from agentnas.bus import space as sp
 from agentnas.store.state import RunState
 
 STAGE = "final"
@@ -48,6 +49,19 @@ def finalists(state: RunState) -> list[Finalist]:
                                   recipe=arch.recipe if isinstance(arch.recipe, dict) else {},
                                   val_metric=arch.wave1_metric, is_seed=seed is not None and seed.arch_id == arch.arch_id,
                                   params=arch.params, flops=record.flops if record else None))
+    accepted = state.space.accepted
+    if accepted is not None:
+        space = accepted.space
+        seed_key = sp.canonical_key(space, sp.seed_configuration(space))
+        for trial in state.search.trials.values():
+            if trial.wave1_status == "ok" and trial.wave1_metric is not None:
+                config = sp.Configuration(choices=tuple(trial.proposal.choices), lr_index=trial.proposal.lr_index)
+                record = state.evals.records.get(trial.wave1_eval_id)
+                found.append(Finalist(arch_id=trial.proposal.config_id, phase=3, source=sp.assemble(space, config),
+                                      recipe=sp.config_recipe(space, config), val_metric=trial.wave1_metric,
+                                      is_seed=trial.proposal.key == seed_key, params=trial.params,
+                                      flops=record.flops if record else trial.flops, config_key=trial.proposal.key,
+                                      choices=sp.describe_choices(space, config)))
     return sorted(found, key=lambda f: (f.val_metric, f.phase, f.arch_id))
 
 
@@ -55,7 +69,8 @@ def choose(candidates: list[Finalist]) -> tuple[Finalist | None, Finalist | None
     """(winner, seed, rule): the reporting rule over wave-1 validation metrics."""
     if not candidates:
         return None, None, "no architecture completed wave-1 training"
-    seed = next((f for f in candidates if f.is_seed), None)
+    seed = next((f for f in candidates if f.is_seed and f.phase == 1), None) or \
+        next((f for f in candidates if f.is_seed), None)
     best = candidates[0]
     phase3 = any(f.phase == 3 for f in candidates)
     if not phase3:

@@ -425,3 +425,64 @@ def parse_explorer(text: str, *, steps_run: int | None = None) -> RunCode | Repo
 def reask_message(error: MalformedOutput, attempt: int, max_attempts: int) -> str:
     """The short message sent back to the model; `attempt` is the number of the answer asked for."""
     return render("shared_reask", reason=error.reason, attempt=attempt, max_attempts=max_attempts).text.strip()
+
+
+# ---------------------------------------------------------------- Phases 1.5 and 2
+
+
+def parse_rewrite(text: str) -> str:
+    """The Modularizer's answer: the python block defining `class Architecture` (the last one)."""
+    return parse_code(text).source
+
+
+class PlannedSlot(msgspec.Struct, frozen=True, kw_only=True):
+    """One slot as the Slot Planner writes it (alternatives are descriptions; code comes later)."""
+
+    name: str
+    description: str = ""
+    input_shape: list[int]
+    output_shape: list[int]
+    interface: str = "single"
+    residual_shape: list[int] | None = None
+    kind: str = "module"
+    seed_description: str = ""
+    seed_code: str = ""  # module slots: the class of the seed's own choice, taken from the seed
+    alternatives: list[str] = []  # descriptions of the other choices, best ideas first
+
+
+class SlotPlanAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    scaffold_code: str
+    slots: list[PlannedSlot]
+
+
+_plan_decoder = msgspec.json.Decoder(SlotPlanAnswer)
+
+
+def parse_slot_plan(text: str) -> SlotPlanAnswer:
+    """The Slot Planner's answer: one JSON object {"scaffold_code": ..., "slots": [...]}.
+
+    Shapes and rules are checked later (bus/space.check_space), with errors fed back the same
+    way; here only the JSON itself."""
+    fences = [body for lang, body, _ in _fences(text) if lang in ("json", "jsonc", "") and body.strip().startswith("{")]
+    raw = fences[-1] if fences else text[text.find("{"):text.rfind("}") + 1] if "{" in text else ""
+    if not raw.strip():
+        raise MalformedOutput('no JSON object in the answer: write one ```json block {"scaffold_code": ..., "slots": [...]}')
+    try:
+        answer = _plan_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise MalformedOutput(f"the slot plan JSON is invalid: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedOutput(f"the slot plan is not valid JSON ({exc}); write one ```json block") from None
+    if not answer.slots:
+        raise MalformedOutput("the slot plan has no slots")
+    return answer
+
+
+def parse_slot_class(text: str) -> str:
+    """The Code Executor's answer for one slot alternative: the python block that defines one class."""
+    blocks = [body for lang, body, _ in _fences(text) if (lang in _PY_LANGS or not lang) and "class " in body]
+    if not blocks:
+        if "class " in text and not _fences(text):
+            return text.strip("\n") + "\n"
+        raise MalformedOutput("no class in the answer: write one ```python block defining the slot's class")
+    return blocks[-1].strip("\n") + "\n"

@@ -11,9 +11,18 @@ BUILT_IN = {
     "planner": "agentnas.agents.planner:LlmPlanner",
     "explorer": "agentnas.agents.explorer:ExplorerRole",
     "code_executor": "agentnas.agents.code_executor:CodeExecutorRole",
+    "modularizer": "agentnas.agents.modularizer:ModularizerRole",
+    "slot_planner": "agentnas.agents.slot_planner:SlotPlannerRole",
+    "evolver": "agentnas.agents.evolver:EvolverRole",
 }
 ROLES = tuple(BUILT_IN)
 RULE_PLANNER = "agentnas.agents.planner:RulePlannerRole"
+# With no LLM at all (`--llm none`): the roles that would call one are served by these instead.
+WITHOUT_LLM = {
+    "planner": RULE_PLANNER,
+    "modularizer": "agentnas.agents.modularizer:RuleModularizerRole",
+    "slot_planner": "agentnas.agents.slot_planner:RuleSlotPlannerRole",
+}
 
 
 class RoleError(ValueError):

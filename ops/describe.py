@@ -33,6 +33,7 @@ def describe(env: m.Envelope, calls: dict[str, int] | None = None) -> str:
 
     `calls` numbers LLM calls (call id -> 1-based index) where the caller knows them."""
     calls = calls or {}
+    ev = _local_id(env)
     match env.payload:
         case m.RunRequested(task=task, phases=phases):
             return f"run.requested task {task}, phases {', '.join(map(str, phases))}"
@@ -47,13 +48,13 @@ def describe(env: m.Envelope, calls: dict[str, int] | None = None) -> str:
             return f"architecture.implemented {arch} (attempts {n}" + (f", validated by {ev})" if ev else ")")
         case m.ArchitectureRejected(arch_id=arch, attempts=n, reason=reason):
             return f"architecture.rejected {arch} after {n} attempts: {short(reason)}"
-        case m.EvaluationRequested(eval_id=ev, request=req, arch_id=arch, phase=phase):
+        case m.EvaluationRequested(request=req, arch_id=arch, phase=phase):
             return f"evaluation.requested {ev} {req} {arch or '-'} (phase {phase})"
-        case m.EvaluationStarted(eval_id=ev, device=device, attempt=attempt):
+        case m.EvaluationStarted(device=device, attempt=attempt):
             return f"evaluation.started {ev} on {device}" + (f" (delivery {attempt})" if attempt > 1 else "")
-        case m.EvaluationProgress(eval_id=ev, epoch=epoch, epochs=epochs, val_metric=val):
+        case m.EvaluationProgress(epoch=epoch, epochs=epochs, val_metric=val):
             return f"evaluation.progress {ev} epoch {epoch}/{epochs} val {metric(val)}"
-        case m.EvaluationCompleted(eval_id=ev, status=status, arch_id=arch, val_metric=val, reason=reason,
+        case m.EvaluationCompleted(status=status, arch_id=arch, val_metric=val, reason=reason,
                                    request=req):
             detail = f" val {val:.4g}" if val is not None else ""
             detail += f": {short(reason)}" if reason and status != "ok" else ""
@@ -87,6 +88,13 @@ def describe(env: m.Envelope, calls: dict[str, int] | None = None) -> str:
     fields.pop("kind", None)
     shown = " ".join(f"{k}={short(v, 30)}" for k, v in list(fields.items())[:4])
     return f"{env.kind} {shown}".rstrip()
+
+
+def _local_id(env: m.Envelope) -> str:
+    """An evaluation's id without the run id it starts with (the line is about that run)."""
+    eval_id = getattr(env.payload, "eval_id", "")
+    prefix = f"{env.run_id}-"
+    return eval_id[len(prefix):] if isinstance(eval_id, str) and eval_id.startswith(prefix) else eval_id
 
 
 def _summary_text(summary: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from agentnas.store.log import DEFAULT_NAME
+from agentnas.store.log import DEFAULT_NAME, EventLog
 
 
 class HomeError(RuntimeError):
@@ -26,6 +26,7 @@ class HomeError(RuntimeError):
 
 def prepare_home(home: Path) -> Path:
     """Create the home folder if needed and prove it is writable (one-line error otherwise)."""
+    need_folder(home)
     try:
         home.mkdir(parents=True, exist_ok=True)
         probe = home / f".write-probe-{os.getpid()}"
@@ -36,8 +37,22 @@ def prepare_home(home: Path) -> Path:
     return home
 
 
+def need_folder(home: Path) -> None:
+    """A home that exists must be a folder (a file there is a mistake in --home, not a missing log)."""
+    if home.exists() and not home.is_dir():
+        raise HomeError(f"home {home} is not a folder")
+
+
 def log_file(home: Path) -> Path:
     return home / DEFAULT_NAME
+
+
+def check_log(home: Path) -> None:
+    """Open (creating or migrating) the home's event log, so that a corrupt, foreign or newer
+    log stops `up` / `run` with one line before anything starts (the recorder would otherwise
+    fail on it, be restarted, and fail again)."""
+    with EventLog(log_file(home)):
+        pass
 
 
 class BusFile(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from agentnas.agents.roles import ROLES
 from agentnas.bus import messages, subjects
 from agentnas.bus.config import Config
 from agentnas.bus.connect import close, connect, ensure_streams
@@ -21,7 +22,7 @@ from agentnas.ops.embedded_bus import EmbeddedBus
 from agentnas.ops.supervisor import ServiceSpec, Supervisor, sender
 from agentnas.trainer_daemon.devices import default_devices, parse_device
 
-AGENT_ROLES = ("planner", "explorer", "code_executor")
+AGENT_ROLES = ROLES  # one process per role
 
 # What a body does while the system runs: (jetstream, stop event) -> None; returning stops all.
 Body = Callable[..., Awaitable[None]]
@@ -49,6 +50,7 @@ def service_specs(config: Config, config_path: str | None, home: Path, url: str,
 async def run_system(config: Config, home: Path, config_path: str | None, nats_url: str | None, console: Console,
                      body: Body, role_impls: dict[str, str] | None = None) -> None:
     """Start everything, run `body`, stop everything (also on Ctrl-C / SIGTERM)."""
+    home_mod.check_log(home)  # a log the recorder cannot write stops everything before it starts
     previous = home_mod.previous_up(home)  # raises if another `up` is running on this home
     bus = None
     health = Health(home, "supervisor")

@@ -34,6 +34,7 @@ class EvalRecord(msgspec.Struct, frozen=True, kw_only=True):
     wall_time_s: float = 0.0
     weights_path: str = ""
     completed_at: float | None = None
+    choices: tuple[int, ...] | None = None  # gdas: the argmax configuration
 
     @property
     def done(self) -> bool:
@@ -97,7 +98,8 @@ def fold_evals(section: Evaluations, env: m.Envelope) -> Evaluations:
                 old, status=done.status, reason=done.reason, val_metric=done.val_metric,
                 test_metric=done.test_metric, params=done.params, flops=done.flops,
                 device_time_s=done.device_time_s, wall_time_s=done.wall_time_s, weights_path=done.weights_path,
-                epoch=done.epochs_done or old.epoch, completed_at=env.time)
+                epoch=done.epochs_done or old.epoch, completed_at=env.time,
+                choices=tuple(done.choices) if done.choices is not None else None)
             counts = {**section.by_status, done.status: section.by_status.get(done.status, 0) + 1}
             return _put(section, record, by_status=counts)
     return section

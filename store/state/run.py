@@ -6,7 +6,8 @@ replaced, never mutated. The agents, `agentnas status`, the `runs` table (throug
 event kinds here, not new folds.
 
 Sections: lifecycle and settings (here), `evals` (every evaluation, any phase), `llm` (the
-ledger and each agent's dialogue), `costs` (time, device time, tokens per stage), `phase1`.
+ledger and each agent's dialogue), `costs` (time, device time, tokens per stage), `phase1`,
+`space` (Phases 1.5 and 2), `search` (Phase 3).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from agentnas.store.state.costs import Costs, fold_costs
 from agentnas.store.state.evals import Evaluations, fold_evals
 from agentnas.store.state.llm import LlmSection, consume, fold_llm
 from agentnas.store.state.phase1 import Phase1, fold_phase1
+from agentnas.store.state.search import Search, fold_search
+from agentnas.store.state.space import SpaceSection, fold_space
 
 log = structlog.get_logger("agentnas.state")
 
@@ -36,7 +39,8 @@ ENDED = ("finished", "failed")
 
 # An agent's decision that acts upon every LLM answer it has had so far.
 DECISIONS = (m.ExplorationRequested, m.ExperimentProposed, m.PhaseStopped, m.AgentOutputRejected,
-             m.ExplorationStepped, m.ExplorationReported)
+             m.ExplorationStepped, m.ExplorationReported, m.EvaluationRequested, m.ModularizerFinished,
+             m.SlotPlanProposed, m.AlternativeImplemented, m.AlternativeDropped)
 
 
 def status_after(status: str, kind: str) -> str:
@@ -71,6 +75,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     llm: LlmSection = LlmSection()
     costs: Costs = Costs()
     phase1: Phase1 = Phase1()
+    space: SpaceSection = SpaceSection()
+    search: Search = Search()
     result: m.RunResult | None = None
 
     @property
@@ -149,12 +155,19 @@ def fold(state: RunState, env: m.Envelope) -> RunState:
     elif state.settings is not None:
         costs = fold_costs(costs, env, first_phase=_first_stage(state.settings))
     evals = fold_evals(state.evals, env)
-    if isinstance(payload, m.EvaluationCompleted):
+    if isinstance(payload, (m.EvaluationRequested, m.EvaluationCompleted)):
         record = evals.records.get(payload.eval_id)
-    phase1 = state.phase1
-    if state.settings is not None and state.settings.runs_phase(1):
-        phase1 = fold_phase1(phase1, env, explorer_turns=explorer_turns, record=record)
-    return msgspec.structs.replace(state, llm=llm, evals=evals, costs=costs, phase1=phase1)
+    settings = state.settings
+    phase1, space, search = state.phase1, state.space, state.search
+    if settings is not None and settings.runs_phase(1):
+        completed = record if isinstance(payload, m.EvaluationCompleted) else None
+        phase1 = fold_phase1(phase1, env, explorer_turns=explorer_turns, record=completed)
+    if settings is not None and (settings.runs_phase(2) or settings.runs_phase(3)):  # Phase 3 alone gets a space
+        space = fold_space(space, env, record)
+    if settings is not None and settings.runs_phase(3):
+        search = fold_search(search, env, record)
+    return msgspec.structs.replace(state, llm=llm, evals=evals, costs=costs, phase1=phase1, space=space,
+                                   search=search)
 
 
 def _first_stage(settings: RunSettings) -> str:
