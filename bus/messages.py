@@ -301,6 +301,83 @@ class SeedSelected(Kind, tag="seed.selected"):
     params: int | None = None
 
 
+# --- Phase 1.5 and 2: Modularizer, Slot Planner, slot alternatives --------------------------
+
+
+class ModularizerFinished(Kind, tag="modularizer.finished"):
+    """The seed as the next phases see it: rewritten stage by stage (accepted), kept as it was
+    because it is not a block stack (skipped), or kept after the rewrites failed (failed)."""
+
+    outcome: Literal["accepted", "skipped", "failed"]
+    source: str  # the code Phase 2 starts from
+    reason: str = ""
+    attempts: int = 0
+    eval_id: str = ""  # the equivalence check that accepted it
+
+
+class SlotPlanProposed(Kind, tag="slot_plan.proposed"):
+    """A slotted space as planned: every slot's alternative 0 is the seed's own choice; the other
+    alternatives may still lack a source (the Code Executor writes them from their description)."""
+
+    plan: int  # 1, or 2 after a rejected space
+    space: SlottedSpace
+    notes: list[str] = []  # caps applied, defaults added
+
+
+class AlternativeImplemented(Kind, tag="alternative.implemented"):
+    plan: int
+    slot: str
+    index: int
+    source: str
+    attempts: int = 1
+
+
+class AlternativeDropped(Kind, tag="alternative.dropped"):
+    """An alternative that never validated (or was trimmed); the space goes on without it."""
+
+    plan: int
+    slot: str
+    index: int
+    reason: str
+    attempts: int = 0
+
+
+class SpaceAccepted(Kind, tag="space.accepted"):
+    """The searched space: its seed configuration reproduces the seed."""
+
+    plan: int
+    space: SlottedSpace
+    notes: list[str] = []
+    size: int = 0
+    eval_id: str = ""  # the seed-reproduction check
+
+
+class SpaceRejected(Kind, tag="space.rejected"):
+    plan: int
+    reason: str
+
+
+# --- Phase 3: the search over the slotted space -----------------------------------------------
+
+
+class ProposedConfiguration(msgspec.Struct, frozen=True, kw_only=True):
+    index: int  # 0-based order of proposal
+    config_id: str  # also the arch id of its evaluations
+    key: str  # canonical: the same network is never paid for twice
+    choices: tuple[int, ...]
+    lr_index: int
+    generation: int = 0
+    origin: str = ""  # seed | single | double | random | mutation-1 | mutation-2 | uniform-fallback | gdas
+    parent: str = ""
+
+
+class ConfigurationsProposed(Kind, tag="configurations.proposed"):
+    """What the search asks to evaluate next; replay needs no random state."""
+
+    algorithm: str  # re | rs | gdas
+    proposals: list[ProposedConfiguration]
+
+
 class AgentOutputRejected(Kind, tag="agent.output_rejected"):
     """An LLM answer that could not be used even after the bounded re-asks."""
 
@@ -372,6 +449,13 @@ Payload = Union[
     PhaseStopped,
     SeedSelected,
     AgentOutputRejected,
+    ModularizerFinished,
+    SlotPlanProposed,
+    AlternativeImplemented,
+    AlternativeDropped,
+    SpaceAccepted,
+    SpaceRejected,
+    ConfigurationsProposed,
 ]
 
 KINDS: dict[str, type[Kind]] = {
