@@ -82,7 +82,7 @@ STOPPED = [ev(m.PhaseStopped(phase=1, reason="planner chose STOP", arch_ids=[]))
      ["seed"]),
     (requested() + proposed(1, "arch_001") + implemented("arch_001", 0, "oom") + STOPPED, ["fail"]),
     (requested() + proposed(1, "arch_001") + implemented("arch_001", 5.0) + STOPPED + wave1("arch_001", 4.0)
-     + [ev(m.SeedSelected(arch_id="arch_001", source="s", recipe={}, val_metric=4.0, eval_id="w"))], ["finish"]),
+     + [ev(m.SeedSelected(arch_id="arch_001", source="s", recipe={}, val_metric=4.0, eval_id="w"))], ["final:start"]),
     (requested(phases=(1, 2, 3)) + proposed(1, "arch_001") + implemented("arch_001", 5.0) + STOPPED
      + wave1("arch_001", 4.0) + [ev(m.SeedSelected(arch_id="arch_001", source="s", recipe={}, val_metric=4.0,
                                                    eval_id="w"))], []),  # the next phase takes over
