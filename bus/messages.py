@@ -201,6 +201,16 @@ class EvaluationProgress(Kind, tag="evaluation.progress"):
     choices: list[int] | None = None  # gdas: the current argmax choice per slot
 
 
+class EvaluationInterrupted(Kind, tag="evaluation.interrupted"):
+    """A fault of the machinery stopped an evaluation (its worker killed from outside, a trainer
+    restart); it is not the candidate's doing and the evaluation is tried again."""
+
+    eval_id: str
+    reason: str
+    attempt: int = 1
+    retry_in_s: float = 0.0
+
+
 class EvaluationCompleted(Kind, tag="evaluation.completed"):
     eval_id: str
     status: EvalStatus
@@ -435,6 +445,7 @@ Payload = Union[
     EvaluationStarted,
     EvaluationProgress,
     EvaluationCompleted,
+    EvaluationInterrupted,
     LlmRequested,
     LlmResponded,
     MessageRejected,

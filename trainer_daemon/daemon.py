@@ -30,13 +30,14 @@ import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from agentnas.bus import messages as m
 from agentnas.bus import subjects
 from agentnas.bus.config import BusConfig, TrainerConfig
 from agentnas.bus.connect import close, connect, ensure_streams
-from agentnas.bus.publish import publish
+from agentnas.bus.health import Health
+from agentnas.bus.publish import is_bus_fault, publish, publish_until_done
 from agentnas.trainer_daemon.job import Job, JobResult
 from agentnas.trainer_daemon.sandbox import Limits, WorkerPool
 
@@ -55,6 +56,14 @@ def consumer_config(ack_wait_s: float) -> api.ConsumerConfig:
         max_deliver=-1,  # we count deliveries ourselves so the last one becomes an `error` result
         max_ack_pending=10_000,
     )
+
+
+class StoredResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What the results bucket keeps per evaluation: THE result (see Trainer.settle)."""
+
+    run_id: str
+    completed: m.EvaluationCompleted | None = None
+    published: bool = False  # its completed event reached the stream
 
 
 def completed_id(eval_id: str) -> str:
@@ -117,12 +126,15 @@ def progress_event(eval_id: str, progress: dict) -> m.EvaluationProgress:
 class Trainer:
     """The daemon's state: its pools of warm workers and the jobs running now."""
 
-    def __init__(self, js, kv, *, device: str, concurrency: int, config: TrainerConfig, home: Path) -> None:
+    def __init__(self, js, kv, *, device: str, concurrency: int, config: TrainerConfig, home: Path,
+                 health: Health | None = None) -> None:
         self.js, self.kv = js, kv
         self.device, self.concurrency, self.config, self.home = device, concurrency, config, home
         self.sender = m.Sender(agent="trainer", instance=f"{socket.gethostname()}:{device}:{os.getpid()}")
         self.pools: dict[tuple, WorkerPool] = {}
         self.running: set[asyncio.Task] = set()
+        self.faults: dict[str, int] = {}  # eval id -> deliveries that a fault of the machinery ended
+        self.health = health or Health(None, "trainer")
 
     def limits(self, caps: m.Caps) -> Limits:
         threads = self.config.cpu_threads or max(1, (os.cpu_count() or 1) // self.concurrency)
@@ -137,22 +149,74 @@ class Trainer:
             self.pools[key] = pool
         return pool
 
-    async def emit(self, payload: m.Kind, run_id: str, causation_id: str | None, event_id: str | None = None) -> None:
-        await publish(self.js, m.make_event(payload, run_id=run_id, sender=self.sender, causation_id=causation_id, id=event_id))
+    async def emit(self, payload: m.Kind, run_id: str, causation_id: str | None, event_id: str | None = None,
+                   timeout: float = 10.0) -> None:
+        await publish(self.js, m.make_event(payload, run_id=run_id, sender=self.sender, causation_id=causation_id,
+                                            id=event_id), timeout=timeout)
 
-    async def already_done(self, eval_id: str) -> bool:
+    async def stored(self, eval_id: str) -> StoredResult | None:
+        """What the bucket holds for `eval_id` (an entry of an older version: published, no payload)."""
         try:
-            await self.kv.get(eval_id)
-            return True
+            entry = await self.kv.get(eval_id)
         except KeyNotFoundError:
-            return False
+            return None
+        try:
+            return msgspec.json.decode(entry.value, type=StoredResult)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return StoredResult(run_id="", published=True)
+
+    async def settle(self, run_id: str, done: m.EvaluationCompleted) -> m.EvaluationCompleted:
+        """The one result of an evaluation is the first one written to the bucket; returns it.
+
+        Two deliveries of the same request (a redelivery racing a slow ack) may both train;
+        whichever writes first decides, and the completed event always carries the bucket's
+        copy, so the log (which keeps the first `completed-<eval_id>`) and the bucket agree."""
+        value = msgspec.json.encode(StoredResult(run_id=run_id, completed=done))
+        delay = 0.5
+        while True:
+            try:
+                await self.kv.create(done.eval_id, value)
+                return done
+            except KeyWrongLastSequenceError:
+                stored = await self.stored(done.eval_id)
+                return stored.completed if stored is not None and stored.completed is not None else done
+            except Exception as exc:
+                if not is_bus_fault(exc):
+                    raise
+                self.health.fault(f"cannot store the result of {done.eval_id}: {exc or type(exc).__name__}; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def finish(self, env: m.Envelope, req: m.EvaluationRequested, result: JobResult, attempt: int, wall_s: float) -> None:
-        done = completed_event(req, result, attempt=attempt, wall_s=wall_s)
-        await self.emit(done, env.run_id, env.id, event_id=completed_id(req.eval_id))
-        await self.kv.put(req.eval_id, msgspec.json.encode({"status": result.status, "run_id": env.run_id}))
-        log.info("evaluation completed", eval_id=req.eval_id, status=result.status, val=result.val_metric,
-                 reason=result.reason, wall_s=round(wall_s, 2))
+        done = await self.settle(env.run_id, completed_event(req, result, attempt=attempt, wall_s=wall_s))
+        await self.publish_result(env, done)
+        log.info("evaluation completed", eval_id=req.eval_id, status=done.status, val=done.val_metric,
+                 reason=done.reason, wall_s=round(wall_s, 2))
+
+    async def publish_result(self, env: m.Envelope, done: m.EvaluationCompleted) -> None:
+        event = m.make_event(done, run_id=env.run_id, sender=self.sender, causation_id=env.id,
+                             id=completed_id(done.eval_id))
+        await publish_until_done(self.js, event, give_up_after_s=24 * 3600.0, what="evaluation result")
+        self.health.clear()
+        try:  # so that a redelivery need not publish it again (it would be a duplicate in any case)
+            await self.kv.put(done.eval_id, msgspec.json.encode(StoredResult(run_id=env.run_id, completed=done,
+                                                                             published=True)))
+        except Exception as exc:
+            log.warning("could not mark the result published", eval_id=done.eval_id, error=str(exc))
+
+    async def interrupted(self, env: m.Envelope, req: m.EvaluationRequested, msg, fault: str, attempt: int) -> None:
+        """Not the candidate's fault: say so, and let the request come back after a pause."""
+        count = self.faults[req.eval_id] = self.faults.get(req.eval_id, 0) + 1
+        delay = min(5.0 * 2 ** (count - 1), 60.0)
+        log.warning("evaluation interrupted by a fault of the machinery; it will be retried", eval_id=req.eval_id,
+                    fault=fault, retry_in_s=delay)
+        if count >= 3:
+            self.health.fault(f"{req.eval_id}: {fault} ({count} times); retrying every {delay:g} s")
+        try:
+            await self.emit(m.EvaluationInterrupted(eval_id=req.eval_id, reason=fault[:300], attempt=attempt,
+                                                    retry_in_s=delay), env.run_id, env.id)
+        finally:
+            await msg.nak(delay=delay)
 
     async def handle(self, msg) -> None:
         try:
@@ -167,11 +231,14 @@ class Trainer:
             return
         attempt = msg.metadata.num_delivered
         structlog.contextvars.bind_contextvars(run_id=env.run_id, eval_id=req.eval_id)
-        if await self.already_done(req.eval_id):
-            log.info("result already in the log; not training again", eval_id=req.eval_id)
+        stored = await self.stored(req.eval_id)
+        if stored is not None:
+            log.info("the evaluation has its result; not training again", eval_id=req.eval_id)
+            if not stored.published and stored.completed is not None:
+                await self.publish_result(env, stored.completed)  # it may never have reached the stream
             await msg.ack()
             return
-        if attempt > self.config.max_deliver:
+        if attempt - self.faults.get(req.eval_id, 0) > self.config.max_deliver:
             reason = f"dead-lettered: delivered {attempt - 1} times without a result (trainer killed or stuck each time)"
             await self.finish(env, req, JobResult(status="error", reason=reason), attempt, 0.0)
             await msg.ack()
@@ -182,9 +249,12 @@ class Trainer:
         start = time.monotonic()
         try:
             result = await self.evaluate(env, req)
+            if result.fault:
+                await self.interrupted(env, req, msg, result.fault, attempt)
+                return
+            await self.finish(env, req, result, attempt, time.monotonic() - start)
         finally:
             keepalive.cancel()
-        await self.finish(env, req, result, attempt, time.monotonic() - start)
         await msg.ack()
 
     async def evaluate(self, env: m.Envelope, req: m.EvaluationRequested) -> JobResult:
@@ -192,7 +262,12 @@ class Trainer:
         pool = await self.pool_for(req.task, req.caps)
 
         async def on_progress(p: dict) -> None:
-            await self.emit(progress_event(req.eval_id, p), env.run_id, env.id)
+            # progress is for people watching; a bus fault must never reach the job (it would look
+            # like the candidate's timeout), so a progress line that cannot go out is dropped
+            try:
+                await self.emit(progress_event(req.eval_id, p), env.run_id, env.id, timeout=2.0)
+            except Exception as exc:
+                log.warning("progress not published", eval_id=req.eval_id, error=str(exc) or type(exc).__name__)
 
         return await pool.run(job, on_progress)
 
@@ -231,12 +306,13 @@ async def serve(
 ) -> None:
     """Run one trainer daemon until `stop` is set."""
     async with AsyncExitStack() as stack:
-        nc = await connect(url, bus, name=f"agentnas-trainer-{device}")
+        health = Health(home, f"trainer-{device.replace(':', '')}")
+        nc = await connect(url, bus, name=f"agentnas-trainer-{device}", health=health)
         stack.push_async_callback(close, nc)
         js = nc.jetstream()
         await ensure_streams(js)
         kv = await results_bucket(js)
-        trainer = Trainer(js, kv, device=device, concurrency=concurrency, config=config, home=home)
+        trainer = Trainer(js, kv, device=device, concurrency=concurrency, config=config, home=home, health=health)
         stack.push_async_callback(trainer.close)
         for task in warm_tasks:  # start workers before the first request arrives
             await (await trainer.pool_for(task, m.Caps())).start()

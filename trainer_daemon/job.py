@@ -57,6 +57,9 @@ class JobResult(msgspec.Struct, kw_only=True):
     first_step_at: float | None = None  # wall-clock time of the first training step (queue latency)
     choices: list[int] | None = None  # gdas: argmax of the architecture parameters per slot (0 if frozen)
     max_abs_diff: float | None = None  # equivalence: largest |rewrite - original| output difference
+    # A fault of the machinery, not the candidate's (its worker killed from outside, the pool
+    # closing under it): the daemon retries the job and never reports this result.
+    fault: str = ""
 
 
 class JobFailed(Exception):

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 
+import msgspec
 import pytest
 
 from agentnas.bus import messages as m
@@ -190,3 +191,19 @@ async def test_worker_mode_follows_device_and_config(tmp_path, device, config, f
     trainer = Trainer(None, None, device=device, concurrency=2, config=config, home=tmp_path)
     pool = await trainer.pool_for("addigits", m.Caps())  # made, not started: no worker runs here
     assert (pool._fork, pool._jobs) == (fork, jobs)
+
+
+async def test_the_first_result_in_the_bucket_is_the_result(js, tmp_path):
+    """Two deliveries of one request that both trained (a redelivery after a bus outage): the first
+    result written to the bucket wins, and the second delivery publishes that one, not its own."""
+    from agentnas.bus.config import TrainerConfig
+    from agentnas.trainer_daemon.daemon import StoredResult, Trainer, results_bucket
+
+    kv = await results_bucket(js)
+    trainer = Trainer(js, kv, device="cpu", concurrency=1, config=TrainerConfig(), home=tmp_path)
+    first = m.EvaluationCompleted(eval_id="raced", status="timeout", reason="wall-clock limit", request="proxy")
+    second = m.EvaluationCompleted(eval_id="raced", status="ok", val_metric=12.5, request="proxy")
+    assert await trainer.settle("r", first) == first
+    assert await trainer.settle("r", second) == first  # the bucket decided; the log will say the same
+    stored = msgspec.json.decode((await kv.get("raced")).value, type=StoredResult)
+    assert stored.completed == first and not stored.published
