@@ -15,8 +15,10 @@ Results are (arch_id, val_metric or None, status); lower metrics are better.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,7 +27,8 @@ import msgspec
 from agentnas.agents.protocol import Experiment, Stop, format_arch_id
 from agentnas.bus.messages import Proposal
 
-__all__ = ["RECIPES", "Design", "RulePlanner", "TaskInfo", "design_source", "families_for"]
+__all__ = ["RECIPES", "Design", "RulePlanner", "TaskInfo", "design_of", "design_recipe", "design_source",
+           "families_for", "stage_plan"]
 
 Result = tuple[str, float | None, str]
 
@@ -84,6 +87,61 @@ def _plan_stages(task: TaskInfo, design: Design, dense: bool) -> tuple[list[int]
     return widths, downs
 
 
+def _is_dense(task: TaskInfo) -> bool:
+    """Dense outputs with the input's spatial size get a fully convolutional head."""
+    return len(task.output_shape) == len(task.input_shape) and tuple(task.output_shape[1:]) == tuple(task.input_shape[1:])
+
+
+def stage_plan(task: TaskInfo, design: Design) -> tuple[list[int], list[bool], bool]:
+    """What `design_source` builds for a cnn/resnet design: stage widths, which stages halve
+    the spatial size, and whether the head is fully convolutional (dense outputs)."""
+    dense = _is_dense(task)
+    widths, downs = _plan_stages(task, design, dense)
+    return widths, downs, dense
+
+
+_MARKER = "# agentnas-design: "
+_MARKER_LINE = re.compile(r"^# agentnas-design: (\{.*\})$", re.MULTILINE)
+
+
+def _marker(design: Design) -> str:
+    """One comment line naming the design, so `design_of` can recognise a rule-planner seed."""
+    fields = {"family": design.family, "width": design.width, "depth": design.depth, "recipe": design.recipe}
+    return _MARKER + json.dumps(fields) + "\n"
+
+
+def design_of(source: str, task: TaskInfo | None = None) -> Design | None:
+    """The Design a rule-planner seed was written from, read from its marker line; None if it has none.
+
+    With `task`, the answer is given only when `design_source(task, design)`
+    reproduces `source` exactly (so an edited seed is not mistaken for the
+    rule planner's own).
+    """
+    match = _MARKER_LINE.search(source)
+    if match is None:
+        return None
+    try:
+        design = msgspec.json.decode(match.group(1), type=Design)
+    except msgspec.DecodeError:
+        return None
+    if task is not None:
+        task = TaskInfo(input_shape=tuple(task.input_shape), output_shape=tuple(task.output_shape), loss=str(task.loss))
+        try:
+            if design_source(task, design) != source:
+                return None
+        except (ValueError, IndexError):
+            return None
+    return design
+
+
+def design_recipe(task: TaskInfo, design: Design) -> dict[str, Any]:
+    """The training recipe the rule planner gives `design` on `task`."""
+    recipe = {**RECIPES[design.recipe], **_COMMON_RECIPE}
+    if task.loss == "cross_entropy":
+        recipe["label_smoothing"] = 0.1
+    return recipe
+
+
 def design_source(task: TaskInfo, design: Design) -> str:
     """A complete model file for `design` that passes the trainer's static gate."""
     if design.family == "mlp":
@@ -91,9 +149,7 @@ def design_source(task: TaskInfo, design: Design) -> str:
     dim = len(task.input_shape) - 1
     if dim not in (1, 2) or design.family not in ("cnn", "resnet"):
         raise ValueError(f"design {design.family!r} does not fit input shape {task.input_shape}")
-    # Dense outputs with the input's spatial size get a fully convolutional head.
-    dense = len(task.output_shape) == len(task.input_shape) and task.output_shape[1:] == task.input_shape[1:]
-    widths, downs = _plan_stages(task, design, dense)
+    widths, downs, dense = stage_plan(task, design)
     names = {"conv": f"nn.Conv{dim}d", "bn": f"nn.BatchNorm{dim}d", "pool": f"nn.MaxPool{dim}d",
              "gap": f"nn.AdaptiveAvgPool{dim}d"}
     out = task.output_shape
@@ -112,6 +168,7 @@ def design_source(task: TaskInfo, design: Design) -> str:
     header = (
         f'"""Rule-planner design: {design.family}, {design.depth} stages from width {design.width}; '
         f'input {tuple(task.input_shape)} -> output {tuple(out)}."""\n\n'
+        f"{_marker(design)}"
         "import torch\nimport torch.nn as nn\n\n\n"
     )
     if design.family == "cnn":
@@ -186,6 +243,7 @@ def _mlp_source(task: TaskInfo, design: Design) -> str:
     return (
         f'"""Rule-planner design: mlp, {design.depth} hidden layers of {hidden[0]}; '
         f'input {tuple(task.input_shape)} -> output {tuple(out)}."""\n\n'
+        f"{_marker(design)}"
         "import torch\nimport torch.nn as nn\n\n\n"
         "class Architecture(nn.Module):\n"
         "    def __init__(self):\n"
@@ -325,10 +383,7 @@ class RulePlanner:
         return out
 
     def _recipe(self, design: Design) -> dict[str, Any]:
-        recipe = {**RECIPES[design.recipe], **_COMMON_RECIPE}
-        if self.task.loss == "cross_entropy":
-            recipe["label_smoothing"] = 0.1
-        return recipe
+        return design_recipe(self.task, design)
 
     @staticmethod
     def _stalled(rows: list[Result], batches: list[list[str]]) -> int:

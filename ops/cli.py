@@ -25,6 +25,7 @@ from agentnas.bus.connect import BusUnavailable
 from agentnas.bus.logs import configure_logging
 from agentnas.bus.server import NatsServerError
 from agentnas.ops.home import HomeError, check_log, log_file, need_folder, prepare_home
+from agentnas.ops.space_cli import space_app
 from agentnas.store.log import EventLog, LogError
 from agentnas.store.log import load_run_state
 from agentnas.trainer_daemon.devices import DeviceError
@@ -39,6 +40,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(space_app, name="space")
 
 console = Console()
 USER_ERRORS = (ConfigError, BusUnavailable, NatsServerError, HomeError, LogError, DeviceError, RoleError)
@@ -317,14 +319,17 @@ def run(
     impl = _planner_impl(config, planner, llm, on_divergence)
     no_llm, llm = llm == "none", (None if llm == "none" else llm)
     prepare_home(c.home)
+    try:
+        load_task(task)
+    except TaskError as exc:
+        raise UserError(str(exc)) from None
     check_log(c.home)  # a log the recorder could not write stops the run here, not in a restart loop
     if not verbose:  # services log to <home>/logs/; this process too, unless asked
         quiet_logs(c)
     try:
-        load_task(task)
         if impl != RULE_PLANNER and not no_llm:
             asyncio.run(preflight(LlmSettings.from_config(config.llm, llm, on_divergence=on_divergence)))
-    except (TaskError, LlmError) as exc:
+    except LlmError as exc:
         raise UserError(str(exc)) from None
     status = asyncio.run(run_pipeline(config, c.home, c.config_path, task, wanted, llm, on_divergence, impl,
                                       nats_url or config.bus.url or None, console))
