@@ -19,9 +19,10 @@ def test_wheel_contents(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"agentnas", next(t for t in top if t.endswith(".dist-info"))}
-    for package in ("bus", "store", "agents", "trainer_daemon", "ops", "prompts"):
+    for package in ("sandbox", "bus", "store", "agents", "trainer_daemon", "ops", "prompts"):
         assert f"agentnas/{package}/__init__.py" in names
     assert "agentnas/bus/messages.py" in names and "agentnas/ops/cli.py" in names
+    assert "agentnas/sandbox/audit.py" in names and "agentnas/sandbox/walls.py" in names
     prompt_files = [n for n in names if n.startswith("agentnas/prompts/") and not n.endswith(".py")]
     assert prompt_files, "prompt templates must ship in the wheel"
     assert not any(n.startswith("tests/") for n in names)

@@ -41,6 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from agentnas.sandbox.env import child_env as allow_listed_env
+from agentnas.sandbox.process import Tail, kill_group, last_line, looks_oom
+
 if TYPE_CHECKING:
     from agentnas.trainer_daemon.harness import Job, JobResult
 
@@ -53,11 +56,9 @@ RESULT_EXIT_GRACE_S = 2.0  # after a result line the worker exits by itself; the
 FINISH_GRACE_S = 30.0  # after a result line a zygote (or a reused worker) gets this long to be ready again
 PROTO_LINE_LIMIT = 2**20
 
-# The only variables a worker inherits (HOME, TMPDIR and the thread counts are set, not inherited).
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
-# Belt and braces over the allow-list: a name with one of these is never passed.
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AWS_", "ANTHROPIC", "OPENAI", "NATS")
-OOM_MARKERS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "out of memory", "OutOfMemoryError")
+# What a worker inherits besides the sandbox's own allow-list (PATH, LANG, TZ, LC_*): where its
+# Python and packages are. HOME, TMPDIR and the thread counts are set, not inherited.
+PASSED_ENV = ("PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,33 +82,10 @@ def wall_timeout_s(limits: Limits, time_cap_s: float) -> float:
 
 
 def child_env(parent: Mapping[str, str], *, scratch: Path, threads: int, device: str) -> dict[str, str]:
-    """The complete environment of a worker: an allow-list of the parent's, plus fixed settings."""
-    names = PASSED_ENV + (("CUDA_VISIBLE_DEVICES",) if device.startswith("cuda") else ())
-    env = {name: parent[name] for name in names
-           if name in parent and not any(marker in name.upper() for marker in SECRET_MARKERS)}
-    env.update({
-        "HOME": str(scratch), "TMPDIR": str(scratch),
-        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-        "MALLOC_ARENA_MAX": "2",  # each glibc arena reserves 64 MB of address space
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
-    })
-    return env
-
-
-class _Tail:
-    """The last part of a stream (bytes; decoded and cut to characters on demand)."""
-
-    def __init__(self, chars: int) -> None:
-        self.cap = 4 * max(chars, 1)
-        self.data = bytearray()
-
-    def feed(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > self.cap:
-            del self.data[: len(self.data) - self.cap]
-
-    def text(self, chars: int) -> str:
-        return self.data.decode("utf-8", errors="replace")[-chars:]
+    """The complete environment of a worker: the sandbox's allow-list, plus the GPU it may see."""
+    passed = PASSED_ENV + (("CUDA_VISIBLE_DEVICES",) if device.startswith("cuda") else ())
+    return allow_listed_env(parent, scratch=scratch, threads=threads, passed=passed,
+                            extra={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"})
 
 
 @dataclasses.dataclass
@@ -116,7 +94,7 @@ class _Worker:
     proto: asyncio.StreamReader
     transport: asyncio.BaseTransport
     scratch: Path
-    tail: _Tail
+    tail: Tail
     drain: asyncio.Task[None]
     hello: dict[str, Any] = dataclasses.field(default_factory=dict)
     job_pid: int | None = None  # fork mode: the child running the current job
@@ -130,14 +108,14 @@ class _Outcome:
     progress: dict[str, Any] = dataclasses.field(default_factory=dict)
     timed_out: bool = False
     protocol_error: str = ""
-    tail: _Tail | None = None  # fork mode: this job's output (a zygote outlives many jobs)
+    tail: Tail | None = None  # fork mode: this job's output (a zygote outlives many jobs)
     started: bool = False  # fork mode: the zygote forked a child for the job; reuse: the worker read it
     threads: int | None = None  # fork mode: the zygote's threads when it forked
     returncode: int | None = None  # fork mode: the child's exit status
     reusable: bool = False  # fork or reuse mode: the worker said "ready" again
 
 
-async def _drain(stream: asyncio.StreamReader, tail: _Tail) -> None:
+async def _drain(stream: asyncio.StreamReader, tail: Tail) -> None:
     while chunk := await stream.read(65536):
         tail.feed(chunk)
 
@@ -145,11 +123,7 @@ async def _drain(stream: asyncio.StreamReader, tail: _Tail) -> None:
 def _kill_group(worker: _Worker) -> None:
     """The worker leads its own group (start_new_session); a forked child leads another."""
     for group in (worker.proc.pid, worker.job_pid):
-        if group is not None:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_group(group)
 
 
 def _ready(worker: _Worker) -> asyncio.Future[_Worker]:
@@ -172,15 +146,6 @@ def _renew_per_job_marks(pid: int, cpu_s: float) -> None:
             clear_refs.write("5")
     except (OSError, ValueError, IndexError):
         pass  # the worker is gone (the job then fails at once), or this is not Linux
-
-
-def _looks_oom(text: str) -> bool:
-    return any(marker in text for marker in OOM_MARKERS)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "(no output)"
 
 
 class WorkerPool:
@@ -340,7 +305,7 @@ class WorkerPool:
         reader = asyncio.StreamReader(limit=PROTO_LINE_LIMIT)
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), open(read_fd, "rb", buffering=0))
-        tail = _Tail(self._limits.output_chars)
+        tail = Tail(self._limits.output_chars)
         assert proc.stdout is not None
         worker = _Worker(proc=proc, proto=reader, transport=transport, scratch=scratch, tail=tail,
                          drain=asyncio.create_task(_drain(proc.stdout, tail)))
@@ -356,7 +321,7 @@ class WorkerPool:
         if not (isinstance(hello, dict) and hello.get("kind") == "ready"):
             await self._dispose(worker)
             output = worker.tail.text(self._limits.output_chars)
-            raise WorkerStartError(f"{_last_line(output)} (exit code {worker.proc.returncode})\n{output}")
+            raise WorkerStartError(f"{last_line(output)} (exit code {worker.proc.returncode})\n{output}")
         worker.hello = hello
         return worker
 
@@ -386,14 +351,14 @@ class WorkerPool:
         """Send the job and follow its protocol lines until a result (fork mode: the child's end), EOF
         or the deadline."""
         outcome = _Outcome(deadline_s=wall_timeout_s(self._limits, job.time_cap_s),
-                           tail=_Tail(self._limits.output_chars) if self._fork else None)
+                           tail=Tail(self._limits.output_chars) if self._fork else None)
         try:
             async with asyncio.timeout(outcome.deadline_s) as clock:
                 stdin = worker.proc.stdin
                 assert stdin is not None
                 if worker.jobs_done:
                     _renew_per_job_marks(worker.proc.pid, self._limits.cpu_s)
-                    worker.tail.data.clear()  # this job's output only (flushed before the last result)
+                    worker.tail.clear()  # this job's output only (flushed before the last result)
                 stdin.write(msgspec.json.encode(job) + b"\n")
                 await stdin.drain()
                 if not self._returns:
@@ -420,7 +385,7 @@ class WorkerPool:
         for init, and its output so far would be lost."""
         assert worker.job_pid is not None and outcome.tail is not None
         try:
-            os.killpg(worker.job_pid, signal.SIGKILL)
+            kill_group(worker.job_pid)
             async with asyncio.timeout(2.0):
                 while line := await worker.proto.readline():
                     message = msgspec.json.decode(line)
@@ -475,7 +440,7 @@ class WorkerPool:
 
         result = outcome.result
         if result is not None:
-            if result.status == "error" and _looks_oom(f"{result.reason}\n{result.traceback}"):
+            if result.status == "error" and looks_oom(f"{result.reason}\n{result.traceback}"):
                 result = msgspec.structs.replace(result, status="oom")
             if outcome.threads not in (None, 1):  # then OpenMP in the child may hang or misbehave
                 result = msgspec.structs.replace(result, warnings=[
@@ -490,13 +455,13 @@ class WorkerPool:
             status, reason = "error", f"worker broke the protocol ({outcome.protocol_error}); killed"
         elif rc == -signal.SIGXCPU:
             status, reason = "timeout", f"CPU time limit of {self._limits.cpu_s:g} s exceeded (SIGXCPU)"
-        elif _looks_oom(output):
-            status, reason = "oom", f"worker ran out of memory: {_last_line(output)}"
+        elif looks_oom(output):
+            status, reason = "oom", f"worker ran out of memory: {last_line(output)}"
         elif rc is not None and rc < 0:
             status, reason = "error", (f"worker killed by {signal.Signals(-rc).name} without a result "
                                        "(killed from outside, or by the host's out-of-memory killer)")
         else:
-            status, reason = "error", f"worker exited with code {rc} without a result: {_last_line(output)}"
+            status, reason = "error", f"worker exited with code {rc} without a result: {last_line(output)}"
         return JobResult(status=status, reason=reason[:300], traceback=output,
                          device_time_s=float(outcome.progress.get("device_time_s") or 0.0),
                          epochs_done=int(outcome.progress.get("epoch") or 0))

@@ -49,13 +49,10 @@ can show that each remaining wall holds by itself. Nothing else passes it.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import re
 import resource
 import selectors
 import shutil
-import signal
 import sys
 import tempfile
 import traceback
@@ -64,116 +61,21 @@ from typing import IO, Any
 
 import msgspec
 
+from agentnas.sandbox.audit import make_audit_hook, python_roots, strict_policy
+from agentnas.sandbox.limits import CPU_HARD_GRACE_S, apply_rlimits, cpu_used_s
+from agentnas.sandbox.limits import status_bytes  # noqa: F401  reuse.py reads it from here
+from agentnas.sandbox.process import kill_group
+from agentnas.sandbox.walls import die_with_parent, leave_namespaces, make_read_only
 from agentnas.trainer_daemon.sandbox import Limits
 
-CLONE_NEWNET = 0x40000000
-CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 AS_HEADROOM_MB = 1024  # room above the warm process for lazy imports, thread stacks, allocator slack
-CPU_HARD_GRACE_S = 5  # SIGXCPU at the soft limit, SIGKILL this much later
 LINE_LIMIT = 2**20  # the longest protocol line a forked child may send (the pool's limit too)
-
-# Audit events refused outright once the candidate may run.
-BLOCKED_EVENTS = frozenset({
-    "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "signal.pthread_kill",
-    "subprocess.Popen", "pty.spawn", "os.startfile", "resource.setrlimit", "resource.prlimit",
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.remote_exec",
-})
-BLOCKED_PREFIXES = (
-    "os.exec", "os.posix_spawn", "os.spawn", "socket.", "ctypes.", "sqlite3.", "urllib.",
-    "http.", "ftplib.", "smtplib.", "imaplib.", "poplib.", "nntplib.", "telnetlib.", "webbrowser.",
-)
-# Events that change the filesystem: path argument positions, dir_fd argument positions.
-WRITE_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir": ((0,), (2,)),
-    "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)), "os.rename": ((0, 1), (2, 3)),
-    "os.link": ((0, 1), (2, 3)), "os.symlink": ((0, 1), (2,)), "os.utime": ((0,), (3,)),
-    "os.truncate": ((0,), ()), "os.mkfifo": ((0,), (2,)), "os.mknod": ((0,), (3,)),
-    "os.setxattr": ((0,), ()), "os.removexattr": ((0,), ()), "shutil.rmtree": ((0,), ()),
-    "shutil.copyfile": ((0, 1), ()), "shutil.copytree": ((0, 1), ()), "shutil.move": ((0, 1), ()),
-    "shutil.unpack_archive": ((0, 1), ()), "shutil.make_archive": ((0, 2), ()),
-}
-READ_EVENTS = frozenset({"os.listdir", "os.scandir", "glob.glob"})
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# What model code may read besides Python, its packages and the job's folders.
+SYSTEM_READS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/dev/null", "/dev/zero", "/dev/urandom",
+                "/sys/devices/system/cpu")
 
 
 # ---------------------------------------------------------------- walls
-
-
-def _unshare(flag: int) -> bool:
-    try:
-        return ctypes.CDLL(None, use_errno=True).unshare(flag) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def leave_namespaces() -> dict[str, bool]:
-    """A new, empty network namespace and a private mount namespace, where the OS allows (root).
-
-    Must run while the process has one thread. The mount namespace only
-    prepares `make_read_only`; until then the filesystem looks the same.
-    """
-    network = _unshare(CLONE_NEWNET)
-    before = os.readlink("/proc/self/ns/mnt")
-    mounts = _unshare(CLONE_NEWNS) and os.readlink("/proc/self/ns/mnt") != before
-    if mounts:  # private first, so nothing done here propagates to the host's mounts
-        libc = ctypes.CDLL(None, use_errno=True)
-        mounts = libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
-    return {"network_isolated": network, "mount_namespace": mounts}
-
-
-def _mount_points() -> list[str]:
-    points = []
-    for line in open("/proc/self/mountinfo"):
-        raw = line.split()[4]  # spaces and the like are octal escapes there
-        points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), raw))
-    return points
-
-
-def make_read_only(writable: list[str]) -> bool:
-    """Every mount read-only in this process's own mount namespace, except the `writable` folders.
-
-    Each writable folder is bind-mounted onto itself first, which makes it a
-    mount of its own that keeps write access. Catches what the audit hook
-    cannot see: files that C extensions (torch.save, from_file) open.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    for path in writable:
-        if libc.mount(path.encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
-            return False
-    ok = True
-    for point in _mount_points():
-        if point not in writable:
-            ok &= libc.mount(None, point.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY, None) == 0
-    return ok
-
-
-def _user_tasks(uid: int) -> int:
-    """Threads of every process of `uid`: what RLIMIT_NPROC counts."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = dict(line.split(":", 1) for line in open(f"/proc/{entry.name}/status") if ":" in line)
-        except OSError:
-            continue  # the process ended meanwhile
-        if int(fields["Uid"].split()[0]) == uid:
-            total += int(fields["Threads"])
-    return total
-
-
-def status_bytes(field: str) -> int:
-    """A size from /proc/self/status, e.g. VmSize (address space) or VmData (private writable memory)."""
-    for line in open("/proc/self/status"):
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_used_s() -> float:
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    return used.ru_utime + used.ru_stime
 
 
 def apply_limits(limits: Limits, device: str, jobs: int = 1) -> dict[str, Any]:
@@ -181,98 +83,35 @@ def apply_limits(limits: Limits, device: str, jobs: int = 1) -> dict[str, Any]:
 
     CPU time is counted from now: the soft limit (SIGXCPU) is the first job's; the pool moves it
     before each later job, within a hard limit that covers all of them."""
-    mb = 2**20
-    used = cpu_used_s()
-    cpu = int(used + limits.cpu_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, int(used + limits.cpu_s * jobs) + 1 + CPU_HARD_GRACE_S))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits.file_mb * mb),) * 2)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    nproc = _user_tasks(os.getuid()) + limits.nproc
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     applied: dict[str, Any] = {"cpu_s": limits.cpu_s, "file_mb": limits.file_mb,
                                "nproc": limits.nproc, "nproc_enforced": os.getuid() != 0}
+    address_space_mb: float | None = None
+    data_mb: float | None = None
     if device.startswith("cuda"):
         # CUDA maps huge virtual ranges, so an address-space limit would break it; cap the GPU instead
         import torch
 
         index = torch.device(device).index
         index = torch.cuda.current_device() if index is None else index
-        total_mb = torch.cuda.get_device_properties(index).total_memory / mb
+        total_mb = torch.cuda.get_device_properties(index).total_memory / 2**20
         fraction = min(1.0, limits.memory_mb / total_mb)
         torch.cuda.set_per_process_memory_fraction(fraction, index)
         # host memory too: RLIMIT_DATA counts private writable mappings, not CUDA's reserved ranges
-        data = status_bytes("VmData") + int((limits.host_memory_mb + AS_HEADROOM_MB) * mb)
-        resource.setrlimit(resource.RLIMIT_DATA, (data, data))
+        data_mb = limits.host_memory_mb + AS_HEADROOM_MB
         applied.update(cuda_memory_fraction=round(fraction, 4), host_memory_mb=limits.host_memory_mb)
     else:
-        address_space = status_bytes("VmSize") + int((limits.memory_mb + AS_HEADROOM_MB) * mb)
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        address_space_mb = limits.memory_mb + AS_HEADROOM_MB
         applied["memory_mb"] = limits.memory_mb
+    apply_rlimits(cpu_s=limits.cpu_s, cpu_hard_s=limits.cpu_s * jobs, file_mb=limits.file_mb, nproc=limits.nproc,
+                  address_space_mb=address_space_mb, data_mb=data_mb)
     return applied
 
 
-def _real(path: Any) -> str:
-    return os.path.realpath(os.fsdecode(os.fspath(path)))
-
-
-def _under(path: str, roots: tuple[str, ...]) -> bool:
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
-
-
 def read_roots(extra: list[str]) -> tuple[str, ...]:
-    """Where the candidate's process may read: Python, its packages, the job's folders."""
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path, *extra,
-                  "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/dev/null", "/dev/zero", "/dev/urandom",
-                  f"/proc/{os.getpid()}", "/sys/devices/system/cpu"]
-    for name, module in list(sys.modules.items()):  # editable installs map packages outside sys.path
-        if name.startswith("agentnas"):
-            candidates.extend(getattr(module, "__path__", []))
-    return tuple(sorted({_real(p) for p in candidates if p and os.path.exists(p)}))
-
-
-def make_audit_hook(write_roots: tuple[str, ...], readable: tuple[str, ...]) -> Callable[[str, tuple], None]:
-    """The second wall: refuses processes, sockets, foreign code and file access outside the roots.
-
-    An audit hook cannot be removed from Python code. It sees what Python
-    does, not what C extensions do on their own, so it backs the gate up
-    rather than replacing it.
-    """
-    readable = readable + write_roots
-
-    def refuse(event: str, detail: Any = "") -> None:
-        raise PermissionError(f"sandbox blocked {event}{f' {detail!r}' if detail != '' else ''}")
-
-    def check_open(args: tuple) -> None:
-        path, mode, flags = (tuple(args) + (None, None, None))[:3]
-        if isinstance(path, int):
-            refuse("open of a file descriptor", path)
-        real = _real(path)
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)
-        if writing and not _under(real, write_roots):
-            refuse("open for writing", real)
-        if not _under(real, readable):
-            refuse("open", real)
-        if os.path.isdir(real) and not writing:
-            refuse("open of a directory", real)  # a directory fd would allow writes relative to it
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "open":
-            check_open(args)
-        elif event in BLOCKED_EVENTS or event.startswith(BLOCKED_PREFIXES):
-            refuse(event)
-        elif event in WRITE_EVENTS:
-            paths, dir_fds = WRITE_EVENTS[event]
-            for i in dir_fds:
-                if i < len(args) and args[i] not in (None, -1):
-                    refuse(event, "with dir_fd")
-            for i in paths:
-                if i < len(args) and (isinstance(args[i], int) or not _under(_real(args[i]), write_roots)):
-                    refuse(event, args[i])
-        elif event in READ_EVENTS and args and isinstance(args[0], (str, bytes)):
-            if not _under(_real(args[0]), readable):
-                refuse(event, args[0])
-
-    return hook
+    """Where the candidate's process may read: Python, its packages, system libraries, its own
+    /proc entry, the job's folders."""
+    candidates = [*python_roots(), *SYSTEM_READS, f"/proc/{os.getpid()}", *extra]
+    return tuple(sorted({os.path.realpath(p) for p in candidates if p and os.path.exists(p)}))
 
 
 # ---------------------------------------------------------------- protocol
@@ -320,16 +159,16 @@ def close_in(weights_dir: str, namespaces: dict[str, bool], *, audit_hook: bool)
     if weights_dir:
         os.makedirs(weights_dir, exist_ok=True)  # a trusted path, made before the walls go up
         write_roots.append(weights_dir)
-    roots = tuple(_real(p) for p in write_roots)
+    roots = tuple(os.path.realpath(p) for p in write_roots)
     warnings = []
     if not namespaces["network_isolated"]:
         warnings.append("sandbox: no network namespace; only the audit hook refuses sockets")
-    if namespaces["mount_namespace"] and make_read_only(list(roots)):
+    if namespaces["mount_namespace"] and make_read_only(roots)[0]:
         os.chdir(roots[0])  # re-enter scratch through its writable bind mount
     else:
         warnings.append("sandbox: filesystem not read-only; only the audit hook refuses writes outside scratch")
     if audit_hook:
-        sys.addaudithook(make_audit_hook(roots, read_roots(list(roots))))
+        sys.addaudithook(make_audit_hook(strict_policy(roots, read_roots(list(roots)))))
     return warnings
 
 
@@ -476,7 +315,7 @@ def fork_job(line: bytes, proto: IO[bytes], scratch: str, child: Callable[[IO[by
         code = 1
         try:
             os.setpgid(0, 0)  # a group of its own: killing it spares the zygote
-            _die_with_parent(parent)
+            die_with_parent(parent)
             for fd in (job_r, out_r, proto.fileno()):
                 os.close(fd)  # not the zygote's pipe: a job must not write there, nor linger on it
             null = os.open(os.devnull, os.O_RDONLY)
@@ -541,10 +380,7 @@ def _relay(pid: int, job_r: int, out_r: int, proto: IO[bytes]) -> None:
             elif not pump(key.fd):
                 selector.unregister(key.fd)
         ended = ended or os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    try:
-        os.killpg(pid, signal.SIGKILL)  # whatever it left running in its group
-    except OSError:
-        pass
+    kill_group(pid)  # whatever it left running in its group
     for fd in (job_r, out_r):  # what it wrote before it ended; leftovers cannot block this
         os.set_blocking(fd, False)
         try:
@@ -587,18 +423,6 @@ def _child(line: bytes, proto: IO[bytes], scratch: str, harness: Any, data: Any,
     send(proto, "result", result=run_one(job, proto, harness, data, device, walls, disabled))
 
 
-def _die_with_parent(parent: int | None = None) -> None:
-    """A worker outlives a killed parent otherwise (it has a session or group of its own): ask
-    the kernel to SIGKILL it when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):  # it died before prctl
-        os._exit(1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="agentnas.trainer_daemon.worker")
     parser.add_argument("--task", required=True)
@@ -609,7 +433,7 @@ def main() -> None:
     parser.add_argument("--fork", action="store_true", help="fork server: one forked child per job (CPU only)")
     parser.add_argument("--jobs", type=int, default=1, help="jobs one process serves (not with --fork)")
     args = parser.parse_args()
-    _die_with_parent()
+    die_with_parent()  # a worker has a session of its own: it would outlive a killed pool
     proto = os.fdopen(args.proto_fd, "wb")
     try:
         if args.fork:

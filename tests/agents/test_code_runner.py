@@ -21,6 +21,9 @@ import pytest
 
 from agentnas.agents import code_runner
 from agentnas.agents.code_runner import CodeRun, child_env, run_code
+from agentnas.sandbox.audit import exploration_policy, make_audit_hook
+from agentnas.sandbox.limits import make_task_cgroup, remove_cgroup
+from tests.sandbox.helpers import HOSTILE, fork_many, header, os_gives_namespaces, snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,6 +54,11 @@ async def run_hook_alone(code: str, scratch_root: Path, data_dir: Path | None = 
                                              memory_mb=1024.0, output_chars=5000, cpu_s=None, namespaces=False)
 
 
+def missing_namespaces(result: CodeRun) -> bool:
+    """Whether the run lacked the network or mount namespace (other warnings are about other walls)."""
+    return any("namespace" in w or "read-only" in w for w in result.warnings)
+
+
 def live_group_members(pgid: int) -> list[int]:
     """Processes in group `pgid` that are not zombies (a zombie waits for init to reap it)."""
     members = []
@@ -66,11 +74,17 @@ def live_group_members(pgid: int) -> list[int]:
 
 
 def processes_mentioning(text: str) -> list[int]:
+    """Live processes with `text` in their command line or working folder (other than this test's)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
-                if text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                mentions = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+                try:
+                    mentions += "\0" + os.readlink(f"/proc/{entry}/cwd")
+                except OSError:
+                    pass  # another user's process
+                if text in mentions:
                     if Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                         found.append(int(entry))
             except OSError:
@@ -98,27 +112,6 @@ def test_child_env_is_an_allow_list(tmp_path):
     assert "AGENTNAS_DATA" not in child_env(parent, scratch=tmp_path, data_dir=None)
 
 
-async def test_head_tail_keeps_short_output_whole_and_cuts_long_output_in_the_middle():
-    short = code_runner._HeadTail(100)
-    short.data_received("héllo\n".encode())
-    assert short.text(100) == "héllo\n"
-
-    text = "A" * 300 + "é" * 5000 + "€" * 7000 + "Z" * 300  # multi-byte characters in the dropped middle
-    stream = code_runner._HeadTail(1000)
-    for i in range(0, len(text.encode()), 777):  # arbitrary chunks, split inside characters
-        stream.data_received(text.encode()[i:i + 777])
-    kept = stream.text(1000)
-    assert len(kept) <= 1000
-    head, cut, tail = re.fullmatch(r"(.*)\n\.\.\. \[(\d+) characters cut\] \.\.\.\n(.*)", kept, re.S).groups()
-    assert text.startswith(head) and text.endswith(tail) and len(head) > 200 and len(tail) > 500
-    assert int(cut) == len(text) - len(head) - len(tail)
-
-    # everything arrived but is longer than asked: the same shape
-    whole = code_runner._HeadTail(1000)
-    whole.data_received(b"x" * 1500)
-    assert "[540 characters cut]" in whole.text(1000) and len(whole.text(1000)) <= 1000
-
-
 @pytest.mark.parametrize("returncode, timed_out, output, status", [
     (0, False, "", "ok"),
     (0, False, "MemoryError mentioned in passing", "ok"),
@@ -138,7 +131,7 @@ def test_audit_hook_refuses_what_it_should(tmp_path):
     scratch, data, home = str(tmp_path / "scratch"), str(tmp_path / "home" / "data"), str(tmp_path / "home")
     os.makedirs(scratch)
     os.makedirs(data)
-    hook = code_runner._make_audit_hook(writable=(scratch,), readable=(data,), hidden=(home,), programs=False)
+    hook = make_audit_hook(exploration_policy((scratch,), (data,), (home,), programs=False))
     allowed = [
         ("open", (f"{scratch}/out.csv", "w", os.O_WRONLY | os.O_CREAT)),
         ("open", (f"{data}/x.npy", "rb", os.O_RDONLY)),
@@ -171,7 +164,7 @@ def test_audit_hook_refuses_what_it_should(tmp_path):
     for event, args in refused:
         with pytest.raises(PermissionError, match="sandbox refused"):
             hook(event, args)
-    with_programs = code_runner._make_audit_hook(writable=(scratch,), readable=(), hidden=(), programs=True)
+    with_programs = make_audit_hook(exploration_policy((scratch,), (), (), programs=True))
     with_programs("subprocess.Popen", ("ls", ["ls"], None, None))  # a network namespace holds them
 
 
@@ -193,7 +186,7 @@ async def test_prints_come_back_in_order_from_a_scratch_folder_that_is_removed(s
     cwd = Path(re.search(r"CWD (\S+)", result.output).group(1))
     assert cwd.parent == scratch_root.resolve() and not cwd.exists()
     assert list(scratch_root.iterdir()) == []
-    if os.geteuid() == 0 and not result.warnings:  # every wall up: also the private /dev/shm
+    if os.geteuid() == 0 and not missing_namespaces(result):  # every wall up: also the private /dev/shm
         shm = await run("open('/dev/shm/x', 'w').write('x')\nimport os\nprint(os.listdir('/dev/shm'))\n", scratch_root)
         assert shm.output == "['x']\n" and not Path("/dev/shm/x").exists()
 
@@ -291,7 +284,7 @@ async def test_data_folder_is_read_only_and_nothing_is_written_outside_scratch(s
     assert result.status == "ok", result.output
     assert result.output.count("PY REFUSED") == 2 and "PY WROTE" not in result.output
     assert "INSIDE scratch is writable" in result.output
-    if result.warnings:
+    if missing_namespaces(result):
         pytest.skip(f"C-level writes: {NO_NAMESPACES}")
     assert result.output.count(f"C -1 {errno.EROFS}") == 2, result.output
     assert sorted(p.name for p in data.iterdir()) == ["x.npy"] and not outside.exists()
@@ -332,7 +325,7 @@ async def test_network_connect_to_a_listening_loopback_socket_fails(scratch_root
         result = await run(NETWORK_ATTEMPTS.format(port=listener.getsockname()[1]), scratch_root)
         assert result.status == "ok", result.output
         assert "PY FAILED PermissionError" in result.output and "PY CONNECTED" not in result.output
-        if not result.warnings:  # the namespace holds even where the hook is bypassed
+        if not missing_namespaces(result):  # the namespace holds even where the hook is bypassed
             assert f"C -1 {errno.ENETUNREACH}" in result.output, result.output
             with pytest.raises(BlockingIOError):
                 listener.accept()
@@ -382,3 +375,133 @@ async def test_parent_home_is_hidden_but_scratch_and_data_inside_it_are_not(tmp_
     result = await run(code, home / "scratch", data_dir=home / "data")
     assert result.status == "error" and result.output.startswith("data\nmine\n")
     assert "sandbox refused reading" in result.output and FAKE_KEY not in result.output
+
+
+async def test_process_count_is_limited_for_root_too(scratch_root):
+    result = await run(fork_many(100), scratch_root)  # and it signals its own children
+    if any("no pids cgroup" in w for w in result.warnings):
+        pytest.skip("root without a writable pids cgroup: nothing counts its processes (the run says so)")
+    assert result.status == "ok", result.output
+    forked, failed = map(int, re.search(r"FORKED (\d+) FAILED (\d+)", result.output).groups())
+    assert forked <= code_runner.NPROC_EXTRA and failed >= 100 - code_runner.NPROC_EXTRA
+    assert processes_mentioning(str(scratch_root)) == [] and list(scratch_root.iterdir()) == []
+
+
+async def test_signals_reach_only_its_own_process_group(scratch_root):
+    code = ("import os\nfor name, pid in (('PARENT', os.getppid()), ('INIT', 1)):\n    try:\n        os.kill(pid, 0)\n"
+            "    except PermissionError as exc:\n        print(name, exc)\n")
+    result = await run(code, scratch_root)
+    assert result.status == "ok", result.output
+    assert "PARENT sandbox refused os.kill" in result.output and "INIT sandbox refused os.kill" in result.output
+
+
+# ---------------------------------------------------------------- the hostile corpus
+
+
+CALL_THE_MODEL = "\nimport torch\nprint('MODEL RAN', Architecture()(torch.zeros(2, 3, 8, 8)).shape)\n"
+READ_ONLY = "Read-only file system"
+# The corpus's headers describe model code in the trainer (a gate, a strict hook). The explorer has no gate
+# and another policy; where that changes what a snippet meets, (statuses, text in the output, what it needs):
+EXPLORER_OUTCOMES: dict[str, tuple[set[str], str, str | None]] = {
+    # ctypes is allowed: libc's system() runs touch, and only the read-only mounts stop it
+    "ctypes_libc": ({"ok"}, READ_ONLY, "namespaces"),
+    # forks are allowed; the process count is not (RLIMIT_NPROC, or a pids cgroup for root): the bomb churns
+    # at its limit until the wall clock (test_process_count_is_limited_for_root_too counts, without torch)
+    "fork_bomb": ({"error", "timeout"}, "", "a process limit"),
+    # the explorer reads system files; what it hides (the parent's home) is shown by test_parent_home_...
+    "open_read_secret": ({"ok"}, "MODEL RAN", None),
+    # its hook cannot be switched off; the network namespace alone: test_network_connect_to_a_listening_...
+    "socket_no_network": ({"error"}, "sandbox refused socket.connect", None),
+    # gate-only snippets: what the explorer's walls make of them
+    "format_string_leak": ({"ok"}, "MODEL RAN", None),
+    "torch_compile": ({"ok", "error", "timeout"}, "", None),  # compiling is allowed; CPU time is not endless
+    "torch_hub": ({"error"}, "", None),  # no network: nothing to download
+    "torch_save_literal": ({"error"}, READ_ONLY, "namespaces"),  # C++ writes: only the mounts see them
+}
+# Snippets that start a program (the trainer's hook refuses that outright). The explorer's hook refuses it
+# only without a network namespace; with one, the program runs and the read-only mounts stop what it does.
+PROGRAM_STARTERS = {"dunder_import", "eval_string", "exec_string", "globals_builtins", "os_system",
+                    "subclasses_walk", "subprocess_run"}
+WALL_CLOCK_S = {"sleep_forever": 5.0, "fork_bomb": 15.0}  # what only the wall clock ends
+# Met by limits alone (or by nothing at all): namespaces change nothing, so these run with them only.
+LIMITS_ONLY = {"alloc_4gb", "alloc_50gb", "fork_bomb", "huge_file", "infinite_forward", "infinite_init",
+               "sleep_forever", "forged_result", "format_string_leak", "open_read_secret", "torch_compile"}
+
+
+def corpus_cases() -> list[tuple[Path, str]]:
+    return [(path, walls) for path in sorted(HOSTILE.glob("*.py")) for walls in ("namespaces", "hook alone")
+            if walls == "namespaces" or path.stem not in LIMITS_ONLY]
+
+
+def explorer_outcome(path: Path, programs_run: bool) -> tuple[set[str], str, str | None]:
+    """What must come of the snippet in the explorer: from the table, else from its header (statuses
+    without the gate's "rejected", the hook's word for a refusal)."""
+    if path.stem in PROGRAM_STARTERS and programs_run:
+        return {"ok", "error"}, READ_ONLY, None
+    if path.stem in EXPLORER_OUTCOMES:
+        return EXPLORER_OUTCOMES[path.stem]
+    text = path.read_text()
+    statuses, _, expected = header(text, "runtime").partition("|")
+    wanted = {s.strip() for s in statuses.split(",")} - {"rejected"}
+    return wanted, expected.strip().replace("sandbox blocked", "sandbox refused"), header(text, "needs")
+
+
+def process_count_limited() -> bool:
+    if os.getuid() != 0:
+        return True  # RLIMIT_NPROC
+    folder = make_task_cgroup(f"probe-{os.getpid()}", 8)
+    if folder is not None:
+        remove_cgroup(folder)
+    return folder is not None
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A folder outside scratch that must stay as it is, a port no run may reach, a key no run may see."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "outside").mkdir()
+    (root / "outside" / "sentinel.txt").write_text("untouched")
+    with socket.socket() as listener, pytest.MonkeyPatch.context() as patch:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        patch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
+        patch.setenv("AGENTNAS_TEST_TOKEN", FAKE_KEY)
+        yield root, listener
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("path, walls", corpus_cases(),
+                         ids=lambda v: v.stem if isinstance(v, Path) else v.replace(" ", "-"))
+async def test_hostile_snippet_is_contained(path, walls, corpus):
+    """Each snippet of the trainer's hostile corpus, run as a script that builds and calls its model."""
+    root, listener = corpus
+    scratch_root = root / f"scratch-{path.stem}-{walls.replace(' ', '-')}"
+    programs_run = walls == "namespaces" and os_gives_namespaces()
+    statuses, expected, needs = explorer_outcome(path, programs_run)
+    if needs == "namespaces" and not programs_run:
+        pytest.skip("only the read-only mounts stop this one in the explorer (it allows ctypes and C++ writes)")
+    if needs == "a process limit" and not process_count_limited():
+        pytest.skip("root without a writable pids cgroup: no wall counts the explorer's processes")
+    source = (path.read_text().replace("OUTSIDE_DIR", str(root / "outside"))
+              .replace("PARENT_PORT", str(listener.getsockname()[1])) + CALL_THE_MODEL)
+    before = snapshot(root, scratch_root)
+
+    result = await code_runner._run_in_sandbox(
+        source, data_dir=None, scratch_root=scratch_root, timeout_s=WALL_CLOCK_S.get(path.stem, 60.0),
+        memory_mb=1024.0, output_chars=5000, cpu_s=2.0, namespaces=walls == "namespaces")
+
+    assert result.status in statuses, result
+    assert expected in result.output, result
+    assert "sandbox/audit.py" not in result.output  # the hook's own frames are not the code's
+    # no secret, nothing written outside scratch, nothing reached the parent, nothing left running
+    assert FAKE_KEY not in result.output and "ANTHROPIC" not in result.output and "AGENTNAS_TEST" not in result.output
+    if path.stem == "env_read":
+        assert "HOME=" in result.output  # it did read its environment
+    assert snapshot(root, scratch_root) == before
+    assert sorted(p.name for p in (root / "outside").iterdir()) == ["sentinel.txt"]
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    assert processes_mentioning(str(scratch_root)) == []
+    assert list(scratch_root.iterdir()) == []

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,13 +20,13 @@ import msgspec
 import numpy as np
 import pytest
 
+from agentnas.sandbox.audit import make_audit_hook, strict_policy
 from agentnas.trainer_daemon.harness import Job
 from agentnas.trainer_daemon.sandbox import Limits, WorkerPool, child_env, wall_timeout_s
-from agentnas.trainer_daemon.worker import make_audit_hook
+from tests.sandbox.helpers import HOSTILE, group_gone, header, os_gives_namespaces, snapshot
 
 pytestmark = pytest.mark.timeout(180)
 
-HOSTILE = Path(__file__).parent / "hostile"
 LIMITS = Limits(memory_mb=512, cpu_s=2, file_mb=8, nproc=32, wall_s=8, output_chars=4000, threads=1)
 FAKE_KEY = "placeholder-secret-for-sandbox-tests"
 
@@ -96,7 +93,7 @@ def test_audit_hook_decisions(tmp_path):
     scratch.mkdir()
     outside.mkdir()
     (outside / "data.txt").write_text("x")
-    hook = make_audit_hook((str(scratch),), (str(outside),))
+    hook = make_audit_hook(strict_policy((str(scratch),), (str(outside),)))
     hook("open", (str(scratch / "w.bin"), "wb", 0))
     hook("open", (str(outside / "data.txt"), "r", 0))
     hook("os.rename", (str(scratch / "a"), str(scratch / "b"), None, None))
@@ -206,11 +203,6 @@ async def open_pools(open_pool, dirs, secret_env):
     await pool.close()
 
 
-def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, float]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime) for p in root.rglob("*")
-            if p.is_file() and skip not in p.parents}
-
-
 def _worker_cwds(scratch_root: Path) -> list[int]:
     """Processes whose working directory lies under the scratch root: the pool's workers."""
     pids = []
@@ -237,14 +229,6 @@ def _group(pgid: int) -> set[int]:
     return members
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 async def _run_watched(pool: WorkerPool, job: Job) -> tuple[object, set[int], list[dict]]:
     seen: set[int] = set()
     progress: list[dict] = []
@@ -267,7 +251,7 @@ async def _run_watched(pool: WorkerPool, job: Job) -> tuple[object, set[int], li
 
 async def test_proxy_job_reports_progress_and_saves_nothing_outside(dirs, secret_env):
     async with WorkerPool(dirs.task, "cpu", spares=1, limits=LIMITS, scratch_root=dirs.scratch) as pool:
-        before = _snapshot(dirs.root, dirs.scratch)
+        before = snapshot(dirs.root, dirs.scratch)
         progress: list[dict] = []
 
         async def on_progress(line: dict) -> None:  # an async callback is awaited
@@ -281,9 +265,9 @@ async def test_proxy_job_reports_progress_and_saves_nothing_outside(dirs, secret
         assert {"epoch", "epochs", "train_loss", "val_metric", "device_time_s"} <= set(progress[0])
         assert result.epochs_done == 2 and result.val_metric is not None
         # the result says so exactly when a wall is missing
-        assert bool([w for w in result.warnings if w.startswith("sandbox:")]) != _os_gives_namespaces()
+        assert bool([w for w in result.warnings if w.startswith("sandbox:")]) != os_gives_namespaces()
         # the only new file anywhere outside scratch is the checkpoint, in weights_dir
-        after = _snapshot(dirs.root, dirs.scratch)
+        after = snapshot(dirs.root, dirs.scratch)
         assert set(after) - set(before) == {result.weights_path}
         assert Path(result.weights_path).parent == dirs.weights
 
@@ -317,17 +301,6 @@ def _runtime_cases() -> list[Path]:
     return [p for p in sorted(HOSTILE.glob("*.py")) if "# runtime:" in p.read_text() and p.stem not in TIMEOUT_CASES]
 
 
-def _header(text: str, key: str) -> str | None:
-    match = re.search(rf"^# {key}: (.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else None
-
-
-def _os_gives_namespaces() -> bool:
-    """Whether a child process may unshare its network and mount namespaces (root, usually)."""
-    probe = "import ctypes; raise SystemExit(ctypes.CDLL(None).unshare(0x40000000 | 0x20000) != 0)"
-    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
-
-
 def _check_env_not_leaked(result) -> None:
     text = result.reason + result.traceback
     assert "HOME=" in text  # the candidate did read its environment...
@@ -341,13 +314,13 @@ EXTRA_CHECKS = {"env_read": _check_env_not_leaked}
 @pytest.mark.parametrize("path", _runtime_cases(), ids=lambda p: p.stem)
 async def test_hostile_candidate_is_contained(path, mode, dirs, listener, open_pools):
     text = path.read_text()
-    statuses, _, expected = _header(text, "runtime").partition("|")
-    disabled = frozenset((_header(text, "disable") or "gate").split(","))
+    statuses, _, expected = header(text, "runtime").partition("|")
+    disabled = frozenset((header(text, "disable") or "gate").split(","))
     source = text.replace("OUTSIDE_DIR", str(dirs.outside)).replace("PARENT_PORT", str(listener.getsockname()[1]))
-    if _header(text, "needs") == "namespaces" and not _os_gives_namespaces():
+    if header(text, "needs") == "namespaces" and not os_gives_namespaces():
         pytest.skip("only network and mount namespaces stop this one, and this OS gives none")
     job = Job(eval_id=path.stem, request="validate", model_source=source)
-    before = _snapshot(dirs.root, dirs.scratch)
+    before = snapshot(dirs.root, dirs.scratch)
 
     if disabled == {"gate"}:
         result, pids, _ = await _run_watched(open_pools[mode], job)
@@ -361,13 +334,13 @@ async def test_hostile_candidate_is_contained(path, mode, dirs, listener, open_p
     if path.stem in EXTRA_CHECKS:
         EXTRA_CHECKS[path.stem](result)
     # nothing written outside the scratch root, nothing reached the parent, nothing left running
-    assert _snapshot(dirs.root, dirs.scratch) == before
+    assert snapshot(dirs.root, dirs.scratch) == before
     assert sorted(p.name for p in dirs.outside.iterdir()) == ["sentinel.txt"]
     with pytest.raises(BlockingIOError):
         listener.accept()
     # nothing left running: a reused worker that passed its check may stay, alone in its group
     kept = set(_worker_cwds(dirs.scratch)) if mode == "reuse" else set()
-    assert all(_gone(pid) or (pid in kept and _group(pid) == {pid}) for pid in pids)
+    assert all(group_gone(pid) or (pid in kept and _group(pid) == {pid}) for pid in pids)
     cap = LIMITS.file_mb * 2**20
     assert not [p for p in dirs.scratch.rglob("*") if p.is_file() and p.stat().st_size > cap]
 
@@ -383,7 +356,7 @@ async def test_timeouts_kill_the_whole_process_group(dirs, open_pool):
     assert busy_result.status == "timeout" and "CPU time limit" in busy_result.reason
     assert sleep_result.status == "timeout" and "wall-clock limit of 8 s" in sleep_result.reason
     assert time.monotonic() - started < LIMITS.wall_s + 10
-    assert busy_pids and sleep_pids and all(_gone(pid) for pid in busy_pids | sleep_pids)
+    assert busy_pids and sleep_pids and all(group_gone(pid) for pid in busy_pids | sleep_pids)
 
 
 async def test_worker_killed_from_outside_is_an_error(open_pool):
@@ -396,7 +369,7 @@ async def test_worker_killed_from_outside_is_an_error(open_pool):
     os.kill(pid, signal.SIGKILL)
     result = await run
     assert result.status == "error" and "SIGKILL" in result.reason
-    assert _gone(pid)
+    assert group_gone(pid)
 
 
 async def test_close_kills_spares_and_removes_scratch(tmp_path, dirs):
@@ -406,7 +379,7 @@ async def test_close_kills_spares_and_removes_scratch(tmp_path, dirs):
     pids = _worker_cwds(scratch)
     assert len(pids) == 2
     await pool.close()
-    assert _worker_cwds(scratch) == [] and all(_gone(pid) for pid in pids)
+    assert _worker_cwds(scratch) == [] and all(group_gone(pid) for pid in pids)
     assert list(scratch.iterdir()) == []
     with pytest.raises(RuntimeError, match="closed"):
         await pool.run(Job(eval_id="late", request="validate", model_source=SMALL_MODEL), print)
@@ -489,7 +462,7 @@ async def test_fork_server_reuses_one_zygote_and_each_job_starts_clean(tmp_path,
         assert took < 0.2, took  # fork, walls, model and result: no process start, no torch import
         assert _worker_cwds(scratch) == [zygote] and _threads(zygote) == 1
         assert len(first_pids) == len(second_pids) == 1 and first_pids != second_pids
-        assert zygote not in first_pids | second_pids and all(_gone(p) for p in first_pids | second_pids)
+        assert zygote not in first_pids | second_pids and all(group_gone(p) for p in first_pids | second_pids)
         ok = await pool.run(Job(eval_id="c", request="validate", model_source=SMALL_MODEL), print)
         assert ok.status == "ok" and not [w for w in ok.warnings if "threads" in w]
         assert _worker_cwds(scratch) == [zygote]
@@ -505,7 +478,7 @@ async def test_fork_server_recovers_from_timeouts_forgery_and_a_dead_zygote(tmp_
         [zygote] = _worker_cwds(scratch)
         result, pids, _ = await _run_watched(pool, Job(eval_id="t", request="validate", model_source=sleeper))
         assert result.status == "timeout" and "wall-clock limit of 3 s" in result.reason
-        assert pids and all(_gone(p) for p in pids) and _gone(zygote)  # child and zygote both killed
+        assert pids and all(group_gone(p) for p in pids) and group_gone(zygote)  # child and zygote both killed
         await pool.start()
         [fresh] = _worker_cwds(scratch)
         assert fresh != zygote
@@ -529,7 +502,7 @@ async def test_single_use_mode_still_serves_one_job_per_process(tmp_path, dirs):
         warm = set(_worker_cwds(scratch))
         result, pids, _ = await _run_watched(pool, Job(eval_id="s", request="validate", model_source=SMALL_MODEL))
         assert result.status == "ok", result
-        assert pids == warm and all(_gone(p) for p in pids)  # the warm worker itself ran it, and is gone
+        assert pids == warm and all(group_gone(p) for p in pids)  # the warm worker itself ran it, and is gone
 
 
 # ---------------------------------------------------------------- reused workers (the GPU default)
@@ -577,7 +550,7 @@ async def test_reused_worker_serves_jobs_in_one_process_and_retires_when_it_must
         assert tampered.status == "ok"
         assert any("changed torch.backends.cudnn.benchmark" in w and "put back" in w for w in tampered.warnings)
         assert any("retired" in w and "torch.nn.functional.gelu" in w for w in tampered.warnings), tampered.warnings
-        assert _gone(worker)
+        assert group_gone(worker)
 
         # tampering retires a worker before its last job too
         await pool.start()
@@ -586,13 +559,13 @@ async def test_reused_worker_serves_jobs_in_one_process_and_retires_when_it_must
         assert pids == {second} and any("retired" in w for w in tampered.warnings)
         await pool.start()
         [third] = _worker_cwds(scratch)
-        assert _gone(second) and third != second
+        assert group_gone(second) and third != second
 
         # a job that writes weights needs a worker whose walls are still open, and leaves with it
         await run("warm", SMALL_MODEL)
         wave1, pids = await run("wave1", SMALL_MODEL, "final_wave1", weights_dir=str(tmp_path / "weights"))
         assert wave1.status == "ok" and Path(wave1.weights_path).parent == tmp_path / "weights"
-        assert third not in pids and all(_gone(p) for p in pids)
+        assert third not in pids and all(group_gone(p) for p in pids)
         assert _worker_cwds(scratch) == [third]  # the used worker stays for jobs without weights
 
 
@@ -615,7 +588,7 @@ async def test_reused_worker_gets_a_fresh_cpu_limit_for_each_job(tmp_path, dirs)
         result, pids, _ = await _run_watched(pool, Job(eval_id="busy", request="validate", model_source=busy))
         assert pids == first_pids
         assert result.status == "timeout" and "CPU time limit of 2 s" in result.reason, result
-        assert all(_gone(p) for p in pids)
+        assert all(group_gone(p) for p in pids)
 
 
 async def test_a_reused_worker_on_its_last_job_is_replaced_while_it_runs(tmp_path, dirs):
@@ -632,7 +605,7 @@ async def test_a_reused_worker_on_its_last_job_is_replaced_while_it_runs(tmp_pat
             await asyncio.sleep(0.02)
         assert (await last).status == "ok"
         assert first in seen and len(seen) == 2  # the replacement started during the last job
-        assert _gone(first) and len(_worker_cwds(scratch)) == 1
+        assert group_gone(first) and len(_worker_cwds(scratch)) == 1
 
 
 SWITCHES_DEFAULT_DTYPE = SMALL_MODEL.replace("    def forward(self, x):\n", '''    def forward(self, x):
