@@ -145,7 +145,8 @@ class RulePlannerRole(PlannerRole):
         state = ctx.state
         task = state.settings.task
         info = TaskInfo(input_shape=tuple(task.input_shape), output_shape=tuple(task.output_shape), loss=task.loss)
-        planner = RulePlanner(info, n_parallel(state), state.settings.phase1.budget, seed=state.settings.seed)
+        planner = RulePlanner(info, n_parallel(state), state.settings.phase1.budget, seed=state.settings.seed,
+                              epochs=state.settings.phase1.rule_epochs)
         results = [(a.arch_id, a.proxy_metric, a.status) for a in state.phase1.archs.values()]
         await self.emit_decision(ctx, planner.decide(results), None)
 

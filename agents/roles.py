@@ -29,10 +29,8 @@ class RoleError(ValueError):
     pass
 
 
-def role_class(config: Config, role: str) -> type:
-    if role not in ROLES:
-        raise RoleError(f"unknown agent role '{role}'; roles: {', '.join(ROLES)}")
-    path = getattr(config.agents, role) or BUILT_IN[role]
+def load_role(path: str, role: str) -> type:
+    """The class at `module:Class`, checked to serve `role`."""
     module_name, _, class_name = path.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -41,3 +39,9 @@ def role_class(config: Config, role: str) -> type:
     if getattr(cls, "name", None) != role:
         raise RoleError(f"agents.{role} = '{path}' serves role '{getattr(cls, 'name', None)}', not '{role}'")
     return cls
+
+
+def role_class(config: Config, role: str) -> type:
+    if role not in ROLES:
+        raise RoleError(f"unknown agent role '{role}'; roles: {', '.join(ROLES)}")
+    return load_role(getattr(config.agents, role) or BUILT_IN[role], role)

@@ -134,9 +134,11 @@ def design_of(source: str, task: TaskInfo | None = None) -> Design | None:
     return design
 
 
-def design_recipe(task: TaskInfo, design: Design) -> dict[str, Any]:
-    """The training recipe the rule planner gives `design` on `task`."""
+def design_recipe(task: TaskInfo, design: Design, epochs: int = 0) -> dict[str, Any]:
+    """The training recipe the rule planner gives `design` on `task` (`epochs` 0: the default)."""
     recipe = {**RECIPES[design.recipe], **_COMMON_RECIPE}
+    if epochs:
+        recipe["epochs"] = epochs
     if task.loss == "cross_entropy":
         recipe["label_smoothing"] = 0.1
     return recipe
@@ -287,12 +289,13 @@ class RulePlanner:
     """Deterministic grid-and-refine planner; `decide(results)` -> Experiment | Stop."""
 
     def __init__(self, task_info: Any, n_parallel: int, budget: int, seed: int = 42,
-                 *, stall_batches: int = 3, top_k: int = TOP_K) -> None:
+                 *, stall_batches: int = 3, top_k: int = TOP_K, epochs: int = 0) -> None:
         if n_parallel < 1 or budget < 1:
             raise ValueError(f"n_parallel and budget must be >= 1, got {n_parallel} and {budget}")
         self.task = TaskInfo(input_shape=tuple(task_info.input_shape),
                              output_shape=tuple(task_info.output_shape), loss=str(task_info.loss))
         self.n_parallel = n_parallel
+        self.epochs = epochs  # of the recipes it writes; 0 = the default (30)
         self.budget = budget
         self.seed = seed
         self.stall_batches = stall_batches
@@ -383,7 +386,7 @@ class RulePlanner:
         return out
 
     def _recipe(self, design: Design) -> dict[str, Any]:
-        return design_recipe(self.task, design)
+        return design_recipe(self.task, design, self.epochs)
 
     @staticmethod
     def _stalled(rows: list[Result], batches: list[list[str]]) -> int:

@@ -28,6 +28,7 @@ import msgspec
 import structlog
 from nats.js import api
 
+from agentnas.agents.roles import RoleError, load_role
 from agentnas.bus import messages as m
 from agentnas.bus import subjects
 from agentnas.bus.config import Config
@@ -100,6 +101,7 @@ class AgentService:
         self.states: dict[str, RunState] = {}
         self.in_flight: dict[str, asyncio.Task] = {}
         self.feeds: dict[str, Any] = {}  # run id -> its ordered consumer
+        self.roles: dict[str, Role] = {}  # module:Class -> an instance, for runs that name their own
         self.caught_up: set[str] = set()  # runs replayed up to the end of the stream
         self.ended: set[str] = set()
         self.seen: set[str] = set()  # runs met in the lifecycle snapshot
@@ -138,12 +140,25 @@ class AgentService:
         state = self.states.get(env.run_id) or RunState(run_id=env.run_id)
         self.states[env.run_id] = fold(state, env)
 
+    def role_for(self, state: RunState) -> Role:
+        """This process's role, or the implementation the run asked for (RunSettings.roles)."""
+        path = state.settings.roles.get(self.role.name, "")
+        if not path:
+            return self.role
+        if path not in self.roles:
+            try:
+                self.roles[path] = load_role(path, self.role.name)(self.config, self.home)
+            except RoleError as exc:
+                log.error("the run's role cannot be loaded; using this process's own", error=str(exc))
+                self.roles[path] = self.role
+        return self.roles[path]
+
     def dispatch(self) -> None:
         """Start every due piece of work that is not already running."""
         for run_id, state in self.states.items():
             if run_id not in self.caught_up or not state.requested or state.ended:
                 continue
-            for work in self.role.due(state):
+            for work in self.role_for(state).due(state):
                 if work.key in self.in_flight:
                     continue
                 task = asyncio.create_task(self._perform(work, state), name=work.key)

@@ -86,13 +86,14 @@ class EvolutionConfig(settings.EvolutionSettings, forbid_unknown_fields=True):
 
 class TrainerConfig(_Section):
     devices: list[str] = []  # empty: every visible GPU, else one CPU daemon
-    concurrency: int = 0  # candidates trained at once per device; 0 = auto
-    spare_workers: int = 0  # pre-started sandboxed workers per task; 0 = as many as concurrency
-    max_deliver: int = 3  # deliveries of one request before it is dead-lettered
-    ack_wait_s: float = 30.0  # a silent trainer's request goes to another after this long
-    cpu_threads: int = 0  # torch threads per worker on CPU; 0 = cores / concurrency
-    worker_jobs: int = 0  # jobs one GPU worker process serves before a fresh one replaces it; 0 = 32
-    # (1 = a fresh process per candidate; CPU pools always fork a fresh child per job)
+    concurrency: settings.NonNegativeInt = 0  # candidates trained at once per device; 0 = auto
+    spare_workers: settings.NonNegativeInt = 0  # pre-started sandboxed workers per task; 0 = as many as concurrency
+    max_deliver: settings.PositiveInt = 3  # deliveries of one request before it is dead-lettered
+    ack_wait_s: settings.PositiveFloat = 30.0  # a silent trainer's request goes to another after this long
+    cpu_threads: settings.NonNegativeInt = 0  # torch threads per worker on CPU; 0 = cores / concurrency
+    worker_jobs: settings.NonNegativeInt = 32  # jobs one GPU worker process serves before a fresh one replaces it
+    # (1 = a fresh process per candidate; 0, as older files wrote it, also means 32; CPU pools
+    # always fork a fresh child per job)
 
 
 class AgentsConfig(_Section):
@@ -103,6 +104,9 @@ class AgentsConfig(_Section):
     planner: str = ""  # "" = the LLM planner
     explorer: str = ""  # "" = the Data Explorer
     code_executor: str = ""  # "" = the Code Executor
+    modularizer: str = ""  # "" = the Modularizer
+    slot_planner: str = ""  # "" = the Slot Planner
+    evolver: str = ""  # "" = the Evolver
 
 
 class LogConfig(_Section):
@@ -128,16 +132,33 @@ class Config(_Section):
 _PATH_IN_ERROR = re.compile(r"at `\$\.?([^`]*)`")
 
 
-def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
-    """Turn msgspec's message into one line with the dotted field name."""
+def _allowed_values(where: str) -> tuple[Any, ...] | None:
+    """The values of the Literal field at dotted `where` (None for any other field)."""
+    info: Any = msgspec.inspect.type_info(Config)
+    for name in where.split("."):
+        fields = {f.name: f.type for f in getattr(info, "fields", ())}
+        if name not in fields:
+            return None
+        info = fields[name]
+    return info.values if isinstance(info, msgspec.inspect.LiteralType) else None
+
+
+def _explain(exc: msgspec.ValidationError, source: str, overridden: frozenset[str] = frozenset()) -> ConfigError:
+    """Turn msgspec's message into one line with the dotted field name (and the command line
+    as its source when a flag set that field)."""
     text = str(exc)
     match = _PATH_IN_ERROR.search(text)
     where = match.group(1).replace("[...]", ".<key>") if match else ""
+    if where in overridden:
+        source = "command line"
     text = _PATH_IN_ERROR.sub("", text).strip().rstrip(" -")
     if text.startswith("Object contains unknown field"):
         field = text.split("`")[1]
         where = f"{where}.{field}" if where else field
         return ConfigError(f"{source}: unknown key '{where}'")
+    allowed = _allowed_values(where) if text.startswith("Invalid enum value") else None
+    if allowed:
+        text = f"expected one of {', '.join(map(repr, allowed))}, got {text.split(' ', 3)[-1]}"
     return ConfigError(f"{source}: {where or 'top level'}: {text}")
 
 
@@ -166,7 +187,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return msgspec.convert(data, Config) if data else Config()
     except msgspec.ValidationError as exc:
-        raise _explain(exc, source) from None
+        overridden = frozenset(k for k, v in (overrides or {}).items() if v is not None)
+        raise _explain(exc, source, overridden) from None
 
 
 def config_to_toml(config: Config) -> str:

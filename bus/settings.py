@@ -39,6 +39,7 @@ class Phase1Settings(_Settings):
     explorer_max_steps: PositiveInt = 10
     explorer_output_chars: PositiveInt = 5000
     code_retries: NonNegativeInt = 10
+    rule_epochs: NonNegativeInt = 0  # epochs of the recipes the rule-based planner writes; 0 = its default, 30
 
 
 class ProxySettings(_Settings):
@@ -126,6 +127,9 @@ class RunSettings(_Settings):
     on_divergence: Literal["stop", "live"] = "stop"
     data_dir: str = ""  # train/valid splits as npy for the Data Explorer
     data_paths: str = ""  # how prompts name those files (never an absolute path)
+    # role -> module:Class serving it in this run (e.g. the rule-based roles of `--llm none`); a role's
+    # process uses it for this run instead of its own default, so a resumed run keeps its roles
+    roles: dict[str, str] = {}
 
     def runs_phase(self, phase: int) -> bool:
         return phase in self.phases

@@ -285,39 +285,79 @@ def _planner_impl(config: Config, planner: str | None, llm: str | None, on_diver
     return impl
 
 
-@app.command()
-def run(
-    ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Built-in task name or task TOML file (see `agentnas tasks`).")],
-    phases: Annotated[str, typer.Option(help="Phases to run, e.g. 1 (Phase 1 only, for now).")] = "1",
-    llm: Annotated[Optional[str], typer.Option(help="anthropic[:MODEL] | openai:MODEL | replay:PATH[#RUN] | none (rule-based planner).")] = None,
-    on_divergence: Annotated[str, typer.Option(help="With replay: stop | live.")] = "stop",
-    budget: Annotated[Optional[int], typer.Option(help="Evaluation budget of the search phases.")] = None,
-    planner: Annotated[Optional[str], typer.Option(help="llm | rule | module:Class.")] = None,
-    nats_url: Annotated[Optional[str], typer.Option(help="Use this NATS server instead of starting one.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show this process's log lines.")] = False,
-) -> None:
-    """Run the pipeline on a task end to end, with live progress."""
-    from agentnas.agents.llm_settings import LlmError, LlmSettings
-    from agentnas.agents.providers import preflight
-    from agentnas.agents.roles import RULE_PLANNER
-    from agentnas.ops.run import run_pipeline
-    from agentnas.trainer_daemon.tasks import TaskError, load_task
+PIPELINES = {(1,): "Phase 1 only", (1, 2): "Phases 1 and 2", (1, 2, 3): "the whole pipeline"}
 
-    c: Context = ctx.obj
+
+def _phases(text: str) -> tuple[int, ...]:
     try:
-        wanted = tuple(sorted({int(x) for x in phases.split(",") if x.strip()}))
+        wanted = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
     except ValueError:
-        raise UserError(f"--phases must be a comma list of numbers, not '{phases}'") from None
-    if wanted != (1,):
-        raise UserError("only --phases 1 is available so far (Phases 2 and 3 are being built)")
-    config = c.config
+        raise UserError(f"--phases must be a comma list of numbers, not '{text}'") from None
+    if wanted not in PIPELINES:
+        raise UserError(f"--phases {text}: each phase starts from the one before (Phase 2 from Phase 1's seed, "
+                        "Phase 3 from Phase 2's space), so give 1, 1,2 or 1,2,3; to search a space alone use "
+                        "`agentnas search --space FILE`")
+    return wanted
+
+
+def _with_search_options(config: Config, budget: int | None, algo: str | None) -> Config:
     if budget is not None:
         if budget < 1:
             raise UserError("--budget must be at least 1")
-        config = msgspec.structs.replace(config, phase1=msgspec.structs.replace(config.phase1, budget=budget))
+        config = msgspec.structs.replace(
+            config, phase1=msgspec.structs.replace(config.phase1, budget=budget),
+            evolution=msgspec.structs.replace(config.evolution, budget=budget))
+    if algo is not None:
+        if algo not in ("re", "rs", "gdas"):
+            raise UserError(f"--algo must be re (regularized evolution), rs (random search) or gdas, not '{algo}'")
+        config = msgspec.structs.replace(config, evolution=msgspec.structs.replace(config.evolution, algorithm=algo))
+    return config
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    task: Annotated[Optional[str], typer.Argument(help="Built-in task name or task TOML file (see `agentnas tasks`).")] = None,
+    phases: Annotated[str, typer.Option(help="1, 1,2 or 1,2,3 (the whole pipeline).")] = "1,2,3",
+    llm: Annotated[Optional[str], typer.Option(help="anthropic[:MODEL] | openai:MODEL | replay:PATH[#RUN] | none (no LLM: rule-based roles).")] = None,
+    on_divergence: Annotated[str, typer.Option(help="With replay: stop | live.")] = "stop",
+    budget: Annotated[Optional[int], typer.Option(help="Evaluation budget of each search phase.")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="Phase 3: re | rs | gdas (default: the config's, re).")] = None,
+    planner: Annotated[Optional[str], typer.Option(help="llm | rule | module:Class.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue this run (its processes all stopped) instead of starting one.")] = None,
+    nats_url: Annotated[Optional[str], typer.Option(help="Use this NATS server instead of starting one.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show this process's log lines.")] = False,
+) -> None:
+    """Run the pipeline on a task end to end (Phase 1 -> 1.5 -> 2 -> 3 -> final), with live progress."""
+    from agentnas.agents.llm_settings import LlmError, LlmSettings
+    from agentnas.agents.providers import preflight
+    from agentnas.agents.roles import RULE_PLANNER, WITHOUT_LLM
+    from agentnas.ops.run import ResumeError, resume_pipeline, run_pipeline
+    from agentnas.trainer_daemon.tasks import TaskError, load_task
+
+    c: Context = ctx.obj
+    if resume is not None:
+        if task is not None:
+            raise UserError("--resume continues a run as it was requested; give no task with it")
+        if not verbose:
+            quiet_logs(c)
+        try:
+            status = asyncio.run(resume_pipeline(c.config, c.home, c.config_path, resume,
+                                                 nats_url or c.config.bus.url or None, console, verbose=verbose))
+        except ResumeError as exc:
+            raise UserError(str(exc)) from None
+        if status != "finished":
+            raise typer.Exit(1)
+        return
+    if task is None:
+        raise UserError("give a task (a built-in name or a task .toml file; see `agentnas tasks`), or --resume RUN")
+    wanted = _phases(phases)
+    config = _with_search_options(c.config, budget, algo)
     impl = _planner_impl(config, planner, llm, on_divergence)
     no_llm, llm = llm == "none", (None if llm == "none" else llm)
+    roles = {**WITHOUT_LLM} if no_llm else {}
+    if impl:
+        roles["planner"] = impl
     prepare_home(c.home)
     try:
         load_task(task)
@@ -331,7 +371,7 @@ def run(
             asyncio.run(preflight(LlmSettings.from_config(config.llm, llm, on_divergence=on_divergence)))
     except LlmError as exc:
         raise UserError(str(exc)) from None
-    status = asyncio.run(run_pipeline(config, c.home, c.config_path, task, wanted, llm, on_divergence, impl,
+    status = asyncio.run(run_pipeline(config, c.home, c.config_path, task, wanted, llm, on_divergence, roles,
                                       nats_url or config.bus.url or None, console))
     if status != "finished":
         raise typer.Exit(1)

@@ -75,8 +75,8 @@ def hand_over(home: Path, state: RunState, console: Console) -> None:
 
 
 async def run_pipeline(config: Config, home: Path, config_path: str | None, task_ref: str, phases: tuple[int, ...],
-                       llm: str | None, on_divergence: str, planner_impl: str | None, nats_url: str | None,
-                       console: Console) -> str:
+                       llm: str | None, on_divergence: str, role_impls: dict[str, str] | str | None,
+                       nats_url: str | None, console: Console) -> str:
     data = load_task(task_ref)
     run_id = new_run_id(data.spec.name)
     if not config.phase1.n_parallel:
@@ -88,27 +88,66 @@ async def run_pipeline(config: Config, home: Path, config_path: str | None, task
     data_dir = home / "data" / run_id
     data_paths = export_for_explorer(data, data_dir)
     task_ref = task_reference(task_ref)
-    payload = m.RunRequested(task=task_ref, phases=phases,
-                             settings=run_settings(config, data, task_ref, phases, llm, on_divergence, data_dir,
-                                                   data_paths))
+    if isinstance(role_impls, str):  # a planner's module:Class
+        role_impls = {"planner": role_impls}
+    settings = run_settings(config, data, task_ref, phases, llm, on_divergence, data_dir, data_paths)
+    settings = msgspec.structs.replace(settings, roles=dict(role_impls or {}))
+    payload = m.RunRequested(task=task_ref, phases=phases, settings=settings)
     outcome = {"status": "interrupted"}
 
     async def body(js, stop: asyncio.Event) -> None:
         await publish(js, m.make_event(payload, run_id=run_id, sender=SENDER))
         await publish(js, m.make_event(m.RunStarted(), run_id=run_id, sender=SENDER))
-        console.print(f"run {run_id}: task {data.spec.name}, phases {list(phases)}, "
-                      f"budget {config.phase1.budget}; `agentnas --home {home} events {run_id} -f` shows everything")
+        console.print(Text(f"run {run_id}: task {data.spec.name}, phases {', '.join(map(str, phases))}"
+                           + ("" if not role_impls else " (no LLM: rule-based roles)")
+                           + f"; `agentnas --home {home} events {run_id} -f` shows every event", overflow="fold"),
+                      highlight=False)
         state = await follow(log_file(home), run_id, home, console, stop)
         outcome["status"] = state.status if state.ended else "interrupted"
         outcome["state"] = state
 
-    roles = {"planner": planner_impl} if planner_impl else None
-    await run_system(config, home, config_path, nats_url, console, body, role_impls=roles)
+    await run_system(config, home, config_path, nats_url, console, body)
+    return _closing(home, run_id, outcome, console)
+
+
+def _closing(home: Path, run_id: str, outcome: dict, console: Console) -> str:
     if "state" in outcome:
         hand_over(home, outcome["state"], console)
     if outcome["status"] == "interrupted":
         console.print(Text(f"run {run_id} interrupted; continue it with `agentnas --home {home} run --resume {run_id}`",
                            overflow="fold"), highlight=False)
     console.print(Text(f"`agentnas --home {home} status {run_id}` shows the run's state, "
-                       f"`agentnas --home {home} audit {run_id}` its LLM decisions", overflow="fold"), highlight=False)
+                       f"`agentnas --home {home} report {run_id}` writes its report", overflow="fold"), highlight=False)
     return outcome["status"]
+
+
+async def resume_pipeline(config: Config, home: Path, config_path: str | None, run_id: str, nats_url: str | None,
+                          console: Console, *, verbose: bool = False) -> str:
+    """Start the system again for a run whose processes all stopped; it carries on from its log."""
+    from agentnas.store.log import EventLog, LogError
+
+    try:
+        with EventLog(log_file(home), readonly=True) as log:
+            if not log.run_exists(run_id):
+                raise ResumeError(f"run '{run_id}' does not exist in {log.path} (see `agentnas runs`)")
+            state = log.run_state(run_id)
+    except LogError as exc:
+        raise ResumeError(str(exc)) from None
+    if state.ended:
+        raise ResumeError(f"run '{run_id}' has already {state.status}; nothing to continue")
+    if not state.requested:
+        raise ResumeError(f"'{run_id}' is not a run that was requested")
+    outcome: dict = {"status": "interrupted"}
+
+    async def body(js, stop: asyncio.Event) -> None:
+        console.print(Text(f"continuing run {run_id} from its log", overflow="fold"), highlight=False)
+        state = await follow(log_file(home), run_id, home, console, stop)
+        outcome["status"] = state.status if state.ended else "interrupted"
+        outcome["state"] = state
+
+    await run_system(config, home, config_path, nats_url, console, body)
+    return _closing(home, run_id, outcome, console)
+
+
+class ResumeError(ValueError):
+    """A run that cannot be continued (one line)."""
