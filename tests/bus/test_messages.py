@@ -1,10 +1,14 @@
+from pathlib import Path
+
 import msgspec
 import pytest
 
+from agentnas.bus.space import load_space
 from agentnas.bus import messages as m
 from agentnas.bus import subjects
 
 SENDER = m.Sender(agent="test", instance="t1")
+SPACE = load_space(Path(__file__).parents[1] / "fixtures" / "space_example.json")
 
 EXAMPLES = [
     m.RunRequested(task="addigits", phases=(1,), config={"phase1": {"budget": 5}}),
@@ -33,6 +37,17 @@ EXAMPLES = [
     m.PhaseStopped(phase=1, reason="planner", arch_ids=["arch_001"]),
     m.SeedSelected(arch_id="arch_001", source="...", recipe={}, val_metric=3.2, eval_id="e9"),
     m.AgentOutputRejected(agent="planner", reason="no action tag", attempts=3),
+    m.UncleanShutdown(pid=12, url="nats://127.0.0.1:4222", since=1.0),
+    m.EvaluationInterrupted(eval_id="e1", reason="worker killed from outside", attempt=1, retry_in_s=5.0),
+    m.PhaseStarted(phase="1.5"),
+    m.ModularizerFinished(outcome="accepted", source="class Architecture: ...", attempts=2, eval_id="e3"),
+    m.SlotPlanProposed(plan=1, space=SPACE, notes=["slot 'x': 9 alternatives, kept the first 8"]),
+    m.AlternativeImplemented(plan=1, slot="stem", index=1, source="class SLOT_stem_1: ..."),
+    m.AlternativeDropped(plan=1, slot="stem", index=2, reason="rejected: shape", attempts=11),
+    m.SpaceAccepted(plan=1, space=SPACE, size=120, eval_id="e4"),
+    m.SpaceRejected(plan=1, reason="the seed configuration does not reproduce the seed"),
+    m.ConfigurationsProposed(algorithm="re", proposals=[m.ProposedConfiguration(
+        index=0, config_id="cfg_0123456789ab", key="stem=0|lr=1.0", choices=(0,), lr_index=2, origin="seed")]),
 ]
 
 
@@ -56,6 +71,9 @@ def test_tags_are_stable():
         "exploration.requested", "exploration.stepped", "exploration.reported", "experiment.proposed",
         "architecture.implemented", "architecture.rejected", "batch.summarized", "phase.stopped",
         "seed.selected", "agent.output_rejected",
+        "system.unclean_shutdown", "evaluation.interrupted", "phase.started", "modularizer.finished",
+        "slot_plan.proposed", "alternative.implemented", "alternative.dropped", "space.accepted", "space.rejected",
+        "configurations.proposed",
     ])
 
 
