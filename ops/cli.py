@@ -467,6 +467,101 @@ def events(
             time.sleep(0.3)
 
 
+@app.command()
+def search(
+    ctx: typer.Context,
+    space: Annotated[str, typer.Option(help="A space file (see docs/SPACES.md) or builtin:wrn16_4 | builtin:resnet18.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or task TOML file.")],
+    algo: Annotated[Optional[str], typer.Option(help="re | rs | gdas (default: the config's, re).")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="Evaluation budget of the search.")] = None,
+    nats_url: Annotated[Optional[str], typer.Option(help="Use this NATS server instead of starting one.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show this process's log lines.")] = False,
+) -> None:
+    """Phase 3 alone, no LLM: search a slotted space on a task, then train and report the winner."""
+    from agentnas.agents.builtin_spaces import BUILTIN_SPACES
+    from agentnas.bus import space as sp
+    from agentnas.ops.run import run_pipeline
+    from agentnas.trainer_daemon.tasks import TaskError, load_task
+
+    c: Context = ctx.obj
+    config = _with_search_options(c.config, budget, algo)
+    try:
+        spec = load_task(task).spec
+    except TaskError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        if space.startswith("builtin:"):
+            name = space.removeprefix("builtin:")
+            if name not in BUILTIN_SPACES:
+                raise UserError(f"--space builtin:{name}: no such built-in space; built-in: "
+                                + ", ".join(f"builtin:{n}" for n in BUILTIN_SPACES))
+            chosen = BUILTIN_SPACES[name](spec)
+            notes = [f"built-in space {name}"]
+        else:
+            chosen = sp.load_space(space)
+            notes = [f"given: {space}"]
+        chosen, trims = sp.check_space(chosen, max_slots=config.slots.max_slots,
+                                       max_alternatives=config.slots.max_alternatives, source=space)
+    except (sp.SpaceError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if tuple(chosen.slots[0].input_shape) != tuple(spec.input_shape):
+        raise UserError(f"--space {space}: its first slot takes {list(chosen.slots[0].input_shape)}, but task "
+                        f"{spec.name} gives {list(spec.input_shape)}")
+    prepare_home(c.home)
+    check_log(c.home)
+    if not verbose:
+        quiet_logs(c)
+    status = asyncio.run(run_pipeline(config, c.home, c.config_path, task, (3,), None, "stop", {},
+                                      nats_url or config.bus.url or None, console, space=chosen,
+                                      space_notes=notes + trims))
+    if status != "finished":
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id (see `agentnas runs`).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for report.md and its figures [<home>/runs/RUN/report].")] = None,
+) -> None:
+    """Write a Markdown report of a run with PNG figures (search progress, cost against metric, choices)."""
+    from agentnas.ops.report import write_report
+
+    c: Context = ctx.obj
+    with _open_log(c) as event_log:
+        _need_run(event_log, run_id)
+        state = event_log.run_state(run_id)
+    folder = out or c.home / "runs" / run_id / "report"
+    try:
+        path = write_report(state, folder)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {folder}: {exc.strerror or exc}") from None
+    console.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id (see `agentnas runs`).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the standalone model into.")],
+) -> None:
+    """Copy a finished run's network (code, weights, recipe, metrics, space) with a README; needs torch only."""
+    from agentnas.ops.export import ExportError, export_run
+
+    c: Context = ctx.obj
+    with _open_log(c) as event_log:
+        _need_run(event_log, run_id)
+        state = event_log.run_state(run_id)
+    try:
+        folder = export_run(c.home, state, out)
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot export to {out}: {exc.strerror or exc}") from None
+    console.print(f"exported {run_id} to {folder} (README.md, model.py, weights.pt, recipe.json, metrics.json)",
+                  highlight=False, soft_wrap=True)
+
+
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print the effective configuration as TOML (defaults, file, flags), the home folder resolved."""

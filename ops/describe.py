@@ -16,6 +16,8 @@ import msgspec
 from agentnas.bus import messages as m
 
 FIELD = 60  # characters kept of one text field
+STAGES = {"1": "Phase 1 (LLM seed search)", "1.5": "Phase 1.5 (Modularizer)", "2": "Phase 2 (slotted space)",
+          "3": "Phase 3 (search in the space)", "final": "final training (wave 2) and the result"}
 
 
 def short(value: Any, limit: int = FIELD) -> str:
@@ -82,6 +84,31 @@ def describe(env: m.Envelope, calls: dict[str, int] | None = None) -> str:
             return f"agent.started {role} (pid {pid} on {host})"
         case m.ServiceExited(service=service, returncode=code, uptime_s=up):
             return f"service.exited {service} with code {code} after {up:.1f} s"
+        case m.PhaseStarted(phase=stage):
+            return f"phase.started: {STAGES.get(stage, stage)}"
+        case m.ModularizerFinished(outcome=outcome, reason=reason, attempts=n):
+            return f"modularizer.finished {outcome} after {n} rewrites: {short(reason)}"
+        case m.SlotPlanProposed(plan=plan, space=space, notes=notes):
+            pending = sum(1 for slot in space.slots for a in slot.alternatives[1:] if not a.source)
+            return (f"slot_plan.proposed plan {plan}: {len(space.slots)} slots, "
+                    f"{sum(len(slot.alternatives) for slot in space.slots)} choices ({pending} to write)"
+                    + (f"; {short('; '.join(notes))}" if notes else ""))
+        case m.AlternativeImplemented(slot=slot, index=k, attempts=n):
+            return f"alternative.implemented {slot}[{k}] (attempts {n})"
+        case m.AlternativeDropped(slot=slot, index=k, reason=reason):
+            return f"alternative.dropped {slot}[{k}]: {short(reason)}"
+        case m.SpaceAccepted(plan=plan, space=space, size=size):
+            return f"space.accepted plan {plan}: {len(space.slots)} slots, {size:,} configurations"
+        case m.SpaceRejected(plan=plan, reason=reason):
+            return f"space.rejected plan {plan}: {short(reason, 200)}"
+        case m.ConfigurationsProposed(algorithm=algorithm, proposals=proposals):
+            ids = ", ".join(f"{p.config_id} ({p.origin})" for p in proposals[:4])
+            more = f" and {len(proposals) - 4} more" if len(proposals) > 4 else ""
+            return f"configurations.proposed by {algorithm}: {ids}{more}"
+        case m.EvaluationInterrupted(reason=reason, retry_in_s=delay):
+            return f"evaluation.interrupted {ev}: {short(reason)}; retried in {delay:g} s"
+        case m.UncleanShutdown(pid=pid):
+            return f"system.unclean_shutdown: the previous agentnas (pid {pid}) was killed, not stopped"
         case m.UnknownPayload(kind=kind):
             return f"{kind} (unknown kind)"
     fields = msgspec.structs.asdict(env.payload) if isinstance(env.payload, msgspec.Struct) else {}

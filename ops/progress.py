@@ -23,15 +23,17 @@ from agentnas.ops.describe import describe, metric
 from agentnas.store.log import EventLog, LogError, row_to_envelope
 from agentnas.store.state import RunState, fold
 
-SHOWN = (m.RunStarted, m.PhaseStarted, m.ExplorationRequested, m.ExplorationReported, m.ExperimentProposed,
+SHOWN = (m.PhaseStarted, m.ExplorationRequested, m.ExplorationReported, m.ExperimentProposed,
          m.ArchitectureRejected, m.EvaluationCompleted, m.BatchSummarized, m.PhaseStopped, m.SeedSelected,
-         m.AgentOutputRejected, m.RunFailed)
+         m.AgentOutputRejected, m.RunFailed, m.ModularizerFinished, m.SlotPlanProposed, m.AlternativeDropped,
+         m.SpaceAccepted, m.SpaceRejected, m.ConfigurationsProposed, m.EvaluationInterrupted)
 
 
 def notable(env: m.Envelope) -> bool:
     """Validations are the Code Executor's inner loop; their outcome shows in what follows."""
-    if isinstance(env.payload, m.EvaluationCompleted) and env.payload.request == "validate":
-        return False
+    if isinstance(env.payload, m.EvaluationCompleted) and (env.payload.request == "validate"
+                                                            or env.payload.arch_id.startswith("plan")):
+        return False  # Phase 2's validations too: their outcome shows as implemented or dropped
     return isinstance(env.payload, SHOWN)
 
 
@@ -47,6 +49,15 @@ def status_lines(state: RunState, now: float, fault_lines: list[str]) -> list[st
         p1, s1 = state.phase1, state.settings.phase1
         parts += [f"budget {p1.budget_used}/{s1.budget}", f"patience {p1.since_improvement}/{s1.patience}",
                   f"best {metric(p1.best_proxy)}"]
+    elif state.settings is not None and stage == "3":
+        found, s3 = state.search, state.settings.evolution
+        parts += [s3.algorithm, f"budget {found.budget_used}/{s3.budget}",
+                  f"patience {found.since_improvement}/{s3.patience}", f"best {metric(found.best)}"]
+    elif stage == "2" and state.space.plan is not None:
+        plan = state.space.plan.space
+        total = sum(len(slot.alternatives) - 1 for slot in plan.slots)
+        done = len(state.space.implemented) + len(state.space.dropped)
+        parts.append(f"alternatives {done}/{total} checked")
     llm = state.llm
     if llm.calls:
         parts.append(f"LLM {(llm.input_tokens + llm.output_tokens) / 1000:.1f}k tokens ${llm.cost_usd:.2f}")
@@ -70,9 +81,11 @@ def time_left(state: RunState, now: float) -> float | None:
     settings, stage = state.settings, state.costs.current
     if settings is None:
         return None
-    if stage == "1":
-        done = [r for r in state.evals.records.values() if r.request == "proxy" and r.done]
-        left = settings.phase1.budget - state.phase1.budget_used
+    if stage in ("1", "3"):
+        phase = int(stage)
+        done = [r for r in state.evals.records.values() if r.request == "proxy" and r.done and r.phase == phase]
+        left = (settings.phase1.budget - state.phase1.budget_used if phase == 1
+                else settings.evolution.budget - state.search.budget_used)
         if done and left > 0:
             elapsed = now - state.costs.since
             return elapsed / len(done) * left

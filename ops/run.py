@@ -14,6 +14,7 @@ from rich.text import Text
 
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
+from agentnas.bus.space import SlottedSpace, space_size
 from agentnas.bus.settings import RunSettings, TaskInfo
 from agentnas.bus.publish import publish
 from agentnas.ops.progress import follow
@@ -76,7 +77,10 @@ def hand_over(home: Path, state: RunState, console: Console) -> None:
 
 async def run_pipeline(config: Config, home: Path, config_path: str | None, task_ref: str, phases: tuple[int, ...],
                        llm: str | None, on_divergence: str, role_impls: dict[str, str] | str | None,
-                       nats_url: str | None, console: Console) -> str:
+                       nats_url: str | None, console: Console, space: SlottedSpace | None = None,
+                       space_notes: list[str] | None = None) -> str:
+    """Request a run and follow it to its end. `space`: the space Phase 3 searches in a run of
+    Phase 3 alone (`agentnas search`), accepted as given."""
     data = load_task(task_ref)
     run_id = new_run_id(data.spec.name)
     if not config.phase1.n_parallel:
@@ -98,6 +102,9 @@ async def run_pipeline(config: Config, home: Path, config_path: str | None, task
     async def body(js, stop: asyncio.Event) -> None:
         await publish(js, m.make_event(payload, run_id=run_id, sender=SENDER))
         await publish(js, m.make_event(m.RunStarted(), run_id=run_id, sender=SENDER))
+        if space is not None:
+            await publish(js, m.make_event(m.SpaceAccepted(plan=0, space=space, notes=list(space_notes or []),
+                                                           size=space_size(space)), run_id=run_id, sender=SENDER))
         console.print(Text(f"run {run_id}: task {data.spec.name}, phases {', '.join(map(str, phases))}"
                            + ("" if not role_impls else " (no LLM: rule-based roles)")
                            + f"; `agentnas --home {home} events {run_id} -f` shows every event", overflow="fold"),
