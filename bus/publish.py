@@ -89,3 +89,21 @@ async def publish_until_done(js: JetStreamContext, envelope: messages.Envelope, 
                         retry_in_s=delay, error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+async def heartbeat(js: JetStreamContext, sender: messages.Sender, role: str, stop: asyncio.Event,
+                    every_s: float = 15.0, detail=lambda: "") -> None:
+    """`agent.heartbeat` to the `_system` run every `every_s` until `stop`: `status` shows how long
+    ago each service was last heard of. A beat lost to a bus outage is not news."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        text = detail()
+        try:
+            await publish(js, messages.make_event(messages.AgentHeartbeat(role=role, busy=bool(text), detail=text[:300]),
+                                                  run_id=subjects.SYSTEM_RUN, sender=sender), timeout=5.0)
+        except Exception as exc:
+            log.warning("heartbeat not published", error=str(exc) or type(exc).__name__)

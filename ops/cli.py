@@ -24,7 +24,7 @@ from agentnas.bus.config import Config, ConfigError, config_to_toml, load_config
 from agentnas.bus.connect import BusUnavailable
 from agentnas.bus.logs import configure_logging
 from agentnas.bus.server import NatsServerError
-from agentnas.ops.home import HomeError, check_log, log_file, need_folder, prepare_home
+from agentnas.ops.home import HomeError, check_log, log_file, need_folder, prepare_home, system_up
 from agentnas.ops.space_cli import space_app
 from agentnas.store.log import EventLog, LogError
 from agentnas.store.log import load_run_state
@@ -406,8 +406,10 @@ def runs(ctx: typer.Context) -> None:
         table = Table("status", "events", "started", "last event")
         # run ids are copied into other commands: never shorten them
         table.columns.insert(0, Column("run", no_wrap=True, min_width=max((len(r.run_id) for r in summaries), default=3)))
+        up = system_up(ctx.obj.home)
         for r in summaries:
-            table.add_row(r.run_id, r.status or "-", str(r.n_events), _when(r.first_time), _when(r.last_time))
+            shown = "interrupted" if r.status in ("requested", "running") and not up else r.status
+            table.add_row(r.run_id, shown or "-", str(r.n_events), _when(r.first_time), _when(r.last_time))
         console.print(table)
 
 
@@ -418,15 +420,19 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the folded state as JSON.")] = False,
 ) -> None:
     """Show a run's state, folded from its events."""
-    with _open_log(ctx.obj) as event_log:
+    from agentnas.ops.views import render_machinery, render_state
+
+    c: Context = ctx.obj
+    with _open_log(c) as event_log:
         _need_run(event_log, run_id)
         state = load_run_state(event_log, run_id)
+        services = load_run_state(event_log, "_system") if event_log.run_exists("_system") else None
+    up = system_up(c.home)
     if as_json:
         sys.stdout.write(msgspec.json.encode(state).decode() + "\n")
         return
-    from agentnas.ops.views import render_state
-
-    render_state(console, state)
+    render_state(console, state, interrupted=not up and state.status in ("requested", "running"), home=c.home)
+    render_machinery(console, c.home, services, up=up)
 
 
 @app.command()

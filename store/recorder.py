@@ -32,7 +32,7 @@ from agentnas.bus import messages, subjects
 from agentnas.bus.config import BusConfig
 from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.health import Health
-from agentnas.bus.publish import publish
+from agentnas.bus.publish import heartbeat, publish
 from agentnas.store.log import EventLog
 
 log = structlog.get_logger("agentnas.recorder")
@@ -197,6 +197,8 @@ async def record(
             ),
         )
         log.info("recorder started", log=str(log_file), url=url)
+        beat = asyncio.create_task(heartbeat(js, sender, "recorder", stop))
+        stack.callback(beat.cancel)
         if ready is not None:
             ready.set()
         retention = bus.events_retention_s if retention_s is None else retention_s

@@ -37,7 +37,7 @@ from agentnas.bus import subjects
 from agentnas.bus.config import BusConfig, TrainerConfig
 from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.health import Health
-from agentnas.bus.publish import is_bus_fault, publish, publish_until_done
+from agentnas.bus.publish import heartbeat, is_bus_fault, publish, publish_until_done
 from agentnas.trainer_daemon.job import Job, JobResult
 from agentnas.trainer_daemon.sandbox import Limits, WorkerPool
 
@@ -321,6 +321,10 @@ async def serve(
         await trainer.emit(m.AgentStarted(role="trainer", pid=os.getpid(), host=socket.gethostname(),
                                           version=device), subjects.SYSTEM_RUN, None)
         log.info("trainer started", device=device, concurrency=concurrency)
+        beat = asyncio.create_task(heartbeat(js, trainer.sender, "trainer", stop,
+                                             detail=lambda: f"{len(trainer.running)} of {concurrency} slots busy"
+                                             if trainer.running else ""))
+        stack.callback(beat.cancel)
         if ready is not None:
             ready.set()
         while not stop.is_set():
