@@ -107,8 +107,10 @@ def _duration(seconds: float) -> str:
 class Follower:
     """Reads a run's new events from the log, prints the notable ones, keeps the folded state."""
 
-    def __init__(self, path: Path, run_id: str, home: Path, console: Console, *, quiet_s: float = 15.0) -> None:
+    def __init__(self, path: Path, run_id: str, home: Path, console: Console, *, quiet_s: float = 15.0,
+                 prefix: str = "") -> None:
         self.path, self.run_id, self.home, self.console = path, run_id, home, console
+        self.prefix = prefix
         self.state = RunState(run_id=run_id)
         self.after = 0
         self.quiet_s = quiet_s
@@ -128,7 +130,7 @@ class Follower:
             self.state = fold(self.state, env)
             if notable(env):
                 stamp = time.strftime("%H:%M:%S", time.localtime(env.time))
-                self.console.print(Text(f"{stamp} {describe(env)}", overflow="fold"), highlight=False)
+                self.console.print(Text(f"{self.prefix}{stamp} {describe(env)}", overflow="fold"), highlight=False)
         return bool(rows)
 
     def check_faults(self) -> None:
@@ -151,7 +153,8 @@ class Follower:
         line = status_lines(self.state, time.time(), self.faults)[0]
         text, at = self.last_plain
         if line != text and time.monotonic() - at >= self.quiet_s:
-            self.console.print(Text(f"{time.strftime('%H:%M:%S')} {line}", overflow="fold"), highlight=False)
+            self.console.print(Text(f"{self.prefix}{time.strftime('%H:%M:%S')} {line}", overflow="fold"),
+                               highlight=False)
             self.last_plain = (line, time.monotonic())
 
     @property

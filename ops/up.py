@@ -113,12 +113,44 @@ async def run_up(config: Config, home: Path, config_path: str | None, nats_url: 
                  console: Console) -> None:
     async def body(js, stop: asyncio.Event) -> None:
         console.print(f"log: {home_mod.log_file(home)}; try `agentnas --home {home} runs`. Ctrl-C stops.")
-        if run_for > 0:
-            await asyncio.sleep(run_for)
-        else:
-            await stop.wait()
+        watching = asyncio.create_task(watch_active_runs(home, console, stop))
+        try:
+            if run_for > 0:
+                await asyncio.wait_for(stop.wait(), run_for)
+            else:
+                await stop.wait()
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            watching.cancel()
 
     await run_system(config, home, config_path, nats_url, console, body)
+
+
+async def watch_active_runs(home: Path, console: Console, stop: asyncio.Event) -> None:
+    """The progress of every run that has not ended (a run continued after an interruption, or one
+    requested from elsewhere), one line per notable event, prefixed with the run id."""
+    from agentnas.ops.progress import Follower
+    from agentnas.store.log import EventLog, LogError
+
+    followers: dict[str, Follower] = {}
+    while not stop.is_set():
+        try:
+            with EventLog(home_mod.log_file(home), readonly=True) as log:
+                active = [r.run_id for r in log.runs() if r.status in ("requested", "running")]
+        except LogError:
+            active = []
+        for run_id in active:
+            if run_id not in followers:
+                console.print(f"following run {run_id} (`agentnas --home {home} status {run_id}`)", highlight=False)
+                followers[run_id] = Follower(home_mod.log_file(home), run_id, home, console, prefix=f"[{run_id}] ")
+        for run_id, follower in list(followers.items()):
+            follower.poll()
+            follower.print_plain()
+            if follower.ended:
+                console.print(f"run {run_id}: {follower.state.status}", highlight=False)
+                del followers[run_id]
+        await asyncio.sleep(1.0)
 
 
 def print_services(console: Console, supervisor: Supervisor, bus: EmbeddedBus | None = None) -> None:
