@@ -64,6 +64,10 @@ class Context:
         if event_id is None and isinstance(payload, (m.LlmRequested, m.LlmResponded)):
             suffix = "req" if isinstance(payload, m.LlmRequested) else "res"
             event_id = f"llm-{payload.call_id}-{suffix}"  # a retried publish is a duplicate
+        elif event_id is None and isinstance(payload, m.EvaluationRequested):
+            # one request per evaluation, whoever asks twice (a retry, two pieces of work racing):
+            # the stream and the log drop the second, so it is never trained (paid for) twice
+            event_id = f"requested-{payload.eval_id}"
         env = m.make_event(payload, run_id=self.run_id, sender=self.agent.sender, causation_id=causation_id, id=event_id)
         self.agent.unseen.add(env.id)
         self.emitted.append(env.id)
