@@ -14,7 +14,7 @@ from rich.text import Text
 
 from agentnas.bus import messages as m
 from agentnas.bus.config import Config
-from agentnas.bus.space import SlottedSpace, space_size
+from agentnas.bus.space import SlottedSpace, save_space, space_size
 from agentnas.bus.settings import RunSettings, TaskInfo
 from agentnas.bus.publish import publish
 from agentnas.ops.progress import follow
@@ -65,7 +65,14 @@ def run_settings(config: Config, data: TaskData, task_ref: str, phases: tuple[in
 
 
 def hand_over(home: Path, state: RunState, console: Console) -> None:
-    """The end of a run on the screen: the result (its folder written first) or why it failed."""
+    """The end of a run on the screen: the result (its folder written first) or why it failed;
+    the searched space, when there is one, as <home>/runs/<run>/space.json."""
+    if state.space.accepted is not None:
+        path = home / "runs" / state.run_id / "space.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_space(state.space.accepted.space, path)
+        console.print(Text(f"slotted space: {path} ({len(state.space.accepted.space.slots)} slots, "
+                           f"{state.space.accepted.size:,} configurations)", overflow="fold"), highlight=False)
     if state.result is not None and state.settings is not None:
         folder = write_result(home, state.run_id, state.result, state.settings.task)
         for line in result_lines(state.run_id, state.result, state.settings.task, folder,

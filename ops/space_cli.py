@@ -41,7 +41,7 @@ space_app = typer.Typer(help="Slotted search spaces: print the schema, show, val
 console = Console()
 
 SpaceFile = Annotated[Path, typer.Argument(
-    help="A space JSON file (docs/SPACES.md). Naming a run's space by run id comes later; for now, a path.")]
+    help="A space JSON file (docs/SPACES.md), or the id of a run whose Phase 2 made one.")]
 TaskOption = Annotated[str, typer.Option(help="Built-in task name or task TOML file (see `agentnas tasks`).")]
 
 
@@ -55,6 +55,14 @@ def _user_errors() -> Iterator[None]:
     except (SpaceError, TaskError) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _space_file(ctx: typer.Context, file: Path) -> Path:
+    """A file as given, or the space a run left in <home>/runs/<run>/space.json."""
+    home = getattr(ctx.obj, "home", None) if ctx.obj is not None else None
+    if not file.exists() and home is not None and (home / "runs" / str(file) / "space.json").is_file():
+        return home / "runs" / str(file) / "space.json"
+    return file
 
 
 def _load_checked(file: Path) -> tuple[SlottedSpace, list[str]]:
@@ -86,11 +94,12 @@ def schema() -> None:
 
 
 @space_app.command("show")
-def show(file: SpaceFile) -> None:
+def show(ctx: typer.Context, file: SpaceFile) -> None:
     """Show a space: slots, kinds, shapes, alternatives (the seed's marked *), size.
 
     A dual-interface slot says so under its kind and lists its residual shape.
     """
+    file = _space_file(ctx, file)
     with _user_errors():
         space = load_space(file)
         sizes = " x ".join(str(len(slot.alternatives)) for slot in space.slots)
@@ -167,6 +176,7 @@ def validate(
     from agentnas.ops.run import task_reference
     from agentnas.trainer_daemon.devices import check_device
 
+    file = _space_file(ctx, file)
     with _user_errors():
         space, notes = _load_checked(file)
         spec = _task_spec(task)
