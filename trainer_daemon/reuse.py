@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agentnas.trainer_daemon.worker import status_bytes
+from agentnas.sandbox.limits import status_bytes
 
 __all__ = ["RuntimeState", "Verdict"]
 
