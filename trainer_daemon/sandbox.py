@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 
 from agentnas.sandbox.env import child_env as allow_listed_env
+from agentnas.trainer_daemon.job import WHOLE_JOB_CAP, WHOLE_JOB_GRACE_S
 from agentnas.sandbox.process import Tail, kill_group, last_line, looks_oom
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ STARTUP_TIMEOUT_S = 600.0
 RESULT_EXIT_GRACE_S = 2.0  # after a result line the worker exits by itself; then it is killed
 FINISH_GRACE_S = 30.0  # after a result line a zygote (or a reused worker) gets this long to be ready again
 PROTO_LINE_LIMIT = 2**20
+log = structlog.get_logger("agentnas.sandbox")
+OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 # What a worker inherits besides the sandbox's own allow-list (PATH, LANG, TZ, LC_*): where its
 # Python and packages are. HOME, TMPDIR and the thread counts are set, not inherited.
@@ -76,8 +80,11 @@ class WorkerStartError(RuntimeError):
     """A worker died or fell silent before it was ready; the message ends with its output."""
 
 
-def wall_timeout_s(limits: Limits, time_cap_s: float) -> float:
-    """Wall-clock deadline of one job: a multiple of its device-time cap plus grace, at most wall_s."""
+def wall_timeout_s(limits: Limits, time_cap_s: float, request: str = "proxy") -> float:
+    """Wall-clock deadline of one job, at most wall_s: for `validate` and `equivalence` their cap
+    (on the whole job) plus a little grace; for training, a multiple of the device-time cap plus grace."""
+    if request in WHOLE_JOB_CAP:
+        return min(limits.wall_s, time_cap_s + WHOLE_JOB_GRACE_S)
     return min(limits.wall_s, time_cap_s * WALL_FACTOR + WALL_GRACE_S)
 
 
@@ -350,10 +357,11 @@ class WorkerPool:
                      on_progress: Callable[[dict], Awaitable[None] | None]) -> _Outcome:
         """Send the job and follow its protocol lines until a result (fork mode: the child's end), EOF
         or the deadline."""
-        outcome = _Outcome(deadline_s=wall_timeout_s(self._limits, job.time_cap_s),
+        outcome = _Outcome(deadline_s=wall_timeout_s(self._limits, job.time_cap_s, job.request),
                            tail=Tail(self._limits.output_chars) if self._fork else None)
+        clock = asyncio.timeout(outcome.deadline_s)
         try:
-            async with asyncio.timeout(outcome.deadline_s) as clock:
+            async with clock:
                 stdin = worker.proc.stdin
                 assert stdin is not None
                 if worker.jobs_done:
@@ -373,6 +381,8 @@ class WorkerPool:
                         outcome.protocol_error = f"{type(exc).__name__}: {exc}"[:200]
                         break
         except TimeoutError:
+            if not clock.expired():  # not the job's deadline: something of ours timed out (the bus?);
+                raise  # the daemon retries the request, it is never the candidate's timeout
             outcome.timed_out = True
             if worker.job_pid is not None:
                 await self._reap_child(worker, outcome)
@@ -406,8 +416,11 @@ class WorkerPool:
         kind = message["kind"]
         if kind == "progress" and outcome.result is None:
             outcome.progress = message["progress"]
-            if inspect.isawaitable(reply := on_progress(outcome.progress)):
-                await reply
+            try:  # progress is for people watching: its failure (the bus away) is never the job's
+                if inspect.isawaitable(reply := on_progress(outcome.progress)):
+                    await reply
+            except Exception as exc:
+                log.warning("progress not delivered", error=str(exc) or type(exc).__name__)
         elif kind == "result" and outcome.result is None:
             outcome.result = msgspec.convert(message["result"], JobResult)
             if not self._returns:
@@ -457,9 +470,14 @@ class WorkerPool:
             status, reason = "timeout", f"CPU time limit of {self._limits.cpu_s:g} s exceeded (SIGXCPU)"
         elif looks_oom(output):
             status, reason = "oom", f"worker ran out of memory: {last_line(output)}"
+        elif rc is not None and -rc in OUTSIDE_SIGNALS and not self._closed:
+            # the pool sends no such signal before a deadline: an operator or the host's
+            # out-of-memory killer did; not the candidate's doing, so the job is tried again
+            return JobResult(status="error", fault=f"worker killed by {signal.Signals(-rc).name} from outside "
+                                                   "(an operator, or the host's out-of-memory killer)",
+                             traceback=output)
         elif rc is not None and rc < 0:
-            status, reason = "error", (f"worker killed by {signal.Signals(-rc).name} without a result "
-                                       "(killed from outside, or by the host's out-of-memory killer)")
+            status, reason = "error", f"worker killed by {signal.Signals(-rc).name} without a result"
         else:
             status, reason = "error", f"worker exited with code {rc} without a result: {last_line(output)}"
         return JobResult(status=status, reason=reason[:300], traceback=output,
