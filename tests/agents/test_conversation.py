@@ -9,7 +9,7 @@ from agentnas.agents.llm import make_client
 from agentnas.agents.llm_settings import Ledger, LlmSettings
 from agentnas.agents.prompts import Rendered
 from agentnas.agents.protocol import parse_code, parse_planner
-from tests.fakes.llm_server import fake_llm
+from agentnas.ops.scripted_llm import scripted_llm
 
 SYSTEM = Rendered(text="agentnas-agent: planner\nYou plan.", template="planner_system", template_hash="h")
 PROMPT = Rendered(text="turn 1", template="planner_turn", template_hash="h")
@@ -42,7 +42,7 @@ def parse(text):
 async def test_a_malformed_answer_is_re_asked_then_accepted(monkeypatch, bad):
     monkeypatch.setenv("FAKE_KEY", "test-key")
     events = Events()
-    with fake_llm([{"agent": "planner", "reply": bad}, {"agent": "planner", "reply": GOOD}], key="test-key") as server:
+    with scripted_llm([{"agent": "planner", "reply": bad}, {"agent": "planner", "reply": GOOD}], key="test-key") as server:
         decision, answer, turns = await ask_parsed(client(server, events), "planner", SYSTEM, [], PROMPT, parse)
         second = server.calls()[1]
     assert decision.question.startswith("How balanced") and answer == GOOD
@@ -55,7 +55,7 @@ async def test_answers_that_stay_unusable_end_as_a_recorded_failure(monkeypatch)
     monkeypatch.setenv("FAKE_KEY", "test-key")
     events = Events()
     script = [{"agent": "planner", "reply": "no idea"}] * 3
-    with fake_llm(script, key="test-key") as server:
+    with scripted_llm(script, key="test-key") as server:
         with pytest.raises(Unusable) as info:
             await ask_parsed(client(server, events), "planner", SYSTEM, [], PROMPT, parse)
         assert server.remaining() == 0
@@ -67,14 +67,14 @@ async def test_code_without_an_architecture_class_is_re_asked(monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "test-key")
     no_class = "```python\nimport torch\nclass Net(torch.nn.Module):\n    pass\n```"
     good = "```python\nimport torch\nfrom torch import nn\n\nclass Architecture(nn.Module):\n    def __init__(self):\n        super().__init__()\n\n    def forward(self, x):\n        return x\n```\n```json\n{\"epochs\": 2}\n```"
-    with fake_llm([{"agent": "planner", "reply": no_class}, {"agent": "planner", "reply": good}], key="test-key") as server:
+    with scripted_llm([{"agent": "planner", "reply": no_class}, {"agent": "planner", "reply": good}], key="test-key") as server:
         answer, _, _ = await ask_parsed(client(server, Events()), "planner", SYSTEM, [], PROMPT, parse_code)
     assert "class Architecture" in answer.source and answer.recipe == {"epochs": 2}
 
 
 async def test_an_answer_already_in_the_log_is_not_asked_again(monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "test-key")
-    with fake_llm([], key="test-key") as server:
+    with scripted_llm([], key="test-key") as server:
         decision, _, _ = await ask_parsed(client(server, Events()), "planner", SYSTEM, [], PROMPT, parse,
                                           answered=[("turn 1", GOOD)])
         assert server.calls() == []

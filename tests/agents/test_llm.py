@@ -1,5 +1,5 @@
 """The recording client against the real Anthropic and OpenAI SDKs (through autogen-ext),
-talking to the local fake provider in tests/fakes/llm_server.py."""
+talking to the local fake provider in ops/scripted_llm.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from agentnas.agents.providers import preflight
 from agentnas.bus import messages as m
 from agentnas.bus.config import LlmConfig
 from agentnas.store.state import LlmSection, RunState
-from tests.fakes.llm_server import fake_llm, words
+from agentnas.ops.scripted_llm import scripted_llm, words
 
 KEY_ENV = "AGENTNAS_TEST_LLM_KEY"
 SYSTEM = "You plan experiments.\nagentnas-agent: planner"
@@ -63,7 +63,7 @@ def client_for(settings: LlmSettings, events: Events, ledger: Ledger | None = No
 
 async def test_anthropic_call_records_request_then_response_with_usage_and_cost():
     reply = "EXPERIMENT with three small conv nets"
-    with fake_llm([{"agent": "planner", "reply": reply}]) as server:
+    with scripted_llm([{"agent": "planner", "reply": reply}]) as server:
         events = Events()
         client = client_for(settings_for(server), events)
         with client.using_template("planner_turn", "abc123"):
@@ -91,7 +91,7 @@ async def test_anthropic_call_records_request_then_response_with_usage_and_cost(
 
 async def test_anthropic_sampling_parameters_reach_the_wire_despite_the_sdk_dropping_them():
     script = [{"agent": "planner", "reply": "a"}, {"agent": "planner", "reply": "b"}]
-    with fake_llm(script) as server:
+    with scripted_llm(script) as server:
         default = client_for(settings_for(server), Events())
         await default.create(conversation())
         cool = client_for(settings_for(server, temperature=0.2), Events())
@@ -102,7 +102,7 @@ async def test_anthropic_sampling_parameters_reach_the_wire_despite_the_sdk_drop
 
 
 async def test_openai_compatible_server_call_is_recorded_and_unpriced_model_costs_nothing():
-    with fake_llm([{"agent": "planner", "reply": "STOP now"}]) as server:
+    with scripted_llm([{"agent": "planner", "reply": "STOP now"}]) as server:
         events = Events()
         client = client_for(settings_for(server, "openai"), events)
         result = await client.create(conversation())
@@ -116,7 +116,7 @@ async def test_openai_compatible_server_call_is_recorded_and_unpriced_model_cost
 
 async def test_template_is_only_recorded_inside_its_block():
     script = [{"agent": "planner", "reply": "x"}] * 2
-    with fake_llm(script) as server:
+    with scripted_llm(script) as server:
         events = Events()
         client = client_for(settings_for(server), events)
         with client.using_template("planner_turn", "h1"):
@@ -129,7 +129,7 @@ async def test_template_is_only_recorded_inside_its_block():
 
 
 async def test_create_stream_yields_the_text_then_the_result():
-    with fake_llm([{"agent": "planner", "reply": "hello world"}]) as server:
+    with scripted_llm([{"agent": "planner", "reply": "hello world"}]) as server:
         client = client_for(settings_for(server), Events())
         chunks = [c async for c in client.create_stream(conversation())]
     assert chunks[0] == "hello world" and chunks[-1].content == "hello world"
@@ -138,7 +138,7 @@ async def test_create_stream_yields_the_text_then_the_result():
 async def test_works_as_the_model_client_of_an_autogen_assistant_agent():
     from autogen_agentchat.agents import AssistantAgent
 
-    with fake_llm([{"agent": "planner", "reply": "EXPLORE: class balance?", "match": "start"}]) as server:
+    with scripted_llm([{"agent": "planner", "reply": "EXPLORE: class balance?", "match": "start"}]) as server:
         events = Events()
         client = client_for(settings_for(server), events)
         agent = AssistantAgent("planner", model_client=client, system_message=SYSTEM)
@@ -157,7 +157,7 @@ async def test_overload_and_rate_limit_are_retried_and_recorded_as_one_call(prov
         {"agent": "planner", "status": 429},
         {"agent": "planner", "reply": "finally"},
     ]
-    with fake_llm(script) as server:
+    with scripted_llm(script) as server:
         events = Events()
         client = client_for(settings_for(server, provider), events)
         with capture_logs() as logs:
@@ -171,7 +171,7 @@ async def test_overload_and_rate_limit_are_retried_and_recorded_as_one_call(prov
 
 
 async def test_retries_exhausted_record_the_error_and_raise_one_line():
-    with fake_llm([{"agent": "planner", "status": 529}] * 3) as server:
+    with scripted_llm([{"agent": "planner", "status": 529}] * 3) as server:
         events = Events()
         client = client_for(settings_for(server, max_retries=2), events)
         with pytest.raises(LlmError) as caught:
@@ -186,7 +186,7 @@ async def test_retries_exhausted_record_the_error_and_raise_one_line():
 
 
 async def test_a_refused_key_is_not_retried():
-    with fake_llm([{"agent": "planner", "reply": "never"}], key="the-real-key") as server:
+    with scripted_llm([{"agent": "planner", "reply": "never"}], key="the-real-key") as server:
         events = Events()
         client = client_for(settings_for(server), events)
         with pytest.raises(LlmError, match="HTTP 401 authentication_error"):
@@ -196,7 +196,7 @@ async def test_a_refused_key_is_not_retried():
 
 
 async def test_a_script_problem_of_the_fake_server_is_not_retried():
-    with fake_llm([{"agent": "planner", "reply": "x", "match": "batch 2"}]) as server:
+    with scripted_llm([{"agent": "planner", "reply": "x", "match": "batch 2"}]) as server:
         client = client_for(settings_for(server), Events())
         with pytest.raises(LlmError, match="no remaining rule matches the last user message 'batch 1 results'"):
             await client.create(conversation("batch 1 results"))
@@ -215,7 +215,7 @@ async def test_missing_key_variable_is_one_line_naming_it(monkeypatch):
 
 
 async def test_preflight_passes_for_a_known_model_and_key():
-    with fake_llm([]) as server:
+    with scripted_llm([]) as server:
         await preflight(settings_for(server))
         await preflight(settings_for(server, "openai"))
     assert [(r.method, r.path) for r in server.requests] == [
@@ -225,7 +225,7 @@ async def test_preflight_passes_for_a_known_model_and_key():
 
 
 async def test_preflight_refused_key_is_one_line():
-    with fake_llm([], key="another-key") as server:
+    with scripted_llm([], key="another-key") as server:
         with pytest.raises(LlmError) as anth:
             await preflight(settings_for(server))
         with pytest.raises(LlmError) as oai:
@@ -235,7 +235,7 @@ async def test_preflight_refused_key_is_one_line():
 
 
 async def test_preflight_unknown_model_names_it():
-    with fake_llm([]) as server:
+    with scripted_llm([]) as server:
         with pytest.raises(LlmError, match=r"^anthropic: unknown model 'claude-nope' \(404"):
             await preflight(settings_for(server, model="claude-nope"))
         with pytest.raises(LlmError) as oai:
@@ -257,7 +257,7 @@ async def test_preflight_missing_key_variable(monkeypatch):
 
 async def test_token_cap_stops_the_next_call_before_it_is_made():
     script = [{"agent": "planner", "reply": "one two three"}] * 2
-    with fake_llm(script) as server:
+    with scripted_llm(script) as server:
         events = Events()
         settings = settings_for(server, token_cap=10)
         client = client_for(settings, events)
@@ -269,7 +269,7 @@ async def test_token_cap_stops_the_next_call_before_it_is_made():
 
 
 async def test_cost_cap_counts_from_the_folded_log():
-    with fake_llm([{"agent": "planner", "reply": "x"}]) as server:
+    with scripted_llm([{"agent": "planner", "reply": "x"}]) as server:
         settings = settings_for(server, cost_cap_usd=0.50)
         state = RunState(run_id="r1", llm=LlmSection(input_tokens=100_000, output_tokens=20_000, cost_usd=0.60))
         ledger = Ledger.for_settings(settings, state.llm)

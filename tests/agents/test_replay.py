@@ -21,7 +21,7 @@ from agentnas.agents.replay import (
 )
 from agentnas.bus import messages as m
 from agentnas.store.log import EventLog
-from tests.fakes.llm_server import fake_llm
+from agentnas.ops.scripted_llm import scripted_llm
 
 KEY_ENV = "AGENTNAS_TEST_LLM_KEY"
 RUN = "run-1"
@@ -74,7 +74,7 @@ async def recorded(tmp_path):
     """A log with one run: the planner's three calls through the fake Anthropic API."""
     path = tmp_path / "events.sqlite"
     script = [{"agent": "planner", "reply": r} for r in REPLIES]
-    with fake_llm(script) as server, EventLog(path) as log:
+    with scripted_llm(script) as server, EventLog(path) as log:
         settings = live_settings(server)
         client = make_client(settings, "planner", LogEmit(log, RUN, "planner"), Ledger.for_settings(settings))
         assert await planner_session(client) == REPLIES
@@ -90,7 +90,7 @@ def replay_settings(path, server=None, **changes) -> LlmSettings:
 
 
 async def test_replay_serves_the_recorded_answers_and_makes_no_provider_call(recorded):
-    with fake_llm([]) as server:
+    with scripted_llm([]) as server:
         events = Events()
         client = make_client(replay_settings(recorded, server), "planner", events, Ledger())
         assert await planner_session(client) == REPLIES
@@ -158,7 +158,7 @@ async def test_unknown_agent_is_a_divergence(recorded):
 
 async def test_on_divergence_live_hands_over_and_stays_live(recorded):
     live_script = [{"agent": "planner", "reply": "EXPERIMENT arch_002"}, {"agent": "planner", "reply": "STOP"}]
-    with fake_llm(live_script) as server:
+    with scripted_llm(live_script) as server:
         events = Events()
         settings = replay_settings(recorded, server, on_divergence="live")
         client = make_client(settings, "planner", events, Ledger())
@@ -174,7 +174,7 @@ async def test_resuming_from_the_own_log_serves_answered_calls_silently(recorded
     """A restarted agent: what the log already answers is not asked again, nor re-recorded."""
     with EventLog(recorded, readonly=True) as log:
         answered = recorded_calls(log, RUN, agent="planner")[:2]
-    with fake_llm([{"agent": "planner", "reply": "STOP arch_004"}]) as server:
+    with scripted_llm([{"agent": "planner", "reply": "STOP arch_004"}]) as server:
         events = Events()
         settings = live_settings(server)
         client = make_client(settings, "planner", events, Ledger())
@@ -271,8 +271,19 @@ def test_unusable_sources_are_one_line_errors(recorded, tmp_path):
     bad.write_text('{"agent": "planner"}\n')
     with pytest.raises(ReplayError, match=r"^replay: .*bad.jsonl:1: not a recorded LLM call"):
         ReplaySource.from_spec(bad)
+    good = tmp_path / "good.jsonl"
+    export_jsonl(recorded, RUN, good)
     with pytest.raises(ReplayError, match="is a JSONL transcript"):
-        ReplaySource.from_spec(bad, "run-1")
+        ReplaySource.from_spec(good, "run-1")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\nnot a transcript\n")
+    for run_id in (None, "run-1"):  # never "JSON is malformed": say what was expected
+        with pytest.raises(ReplayError, match=r"^replay: .*notes.txt is neither an agentnas event log \(SQLite\) "
+                                              r"nor a JSONL transcript.*expected an agentnas event log"):
+            ReplaySource.from_spec(notes, run_id)
+    good.write_text(good.read_text() + "oops\n")
+    with pytest.raises(ReplayError, match=r"^replay: .*good.jsonl:\d+: not a JSON line"):
+        ReplaySource.from_spec(good)
 
 
 def test_unanswered_requests_are_skipped(recorded):

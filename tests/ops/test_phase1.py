@@ -22,7 +22,7 @@ from agentnas.agents.replay import export_jsonl
 from agentnas.store.log import EventLog
 from agentnas.store.log import load_run_state
 from tests.conftest import REPO, agentnas_cmd
-from tests.fakes.llm_server import fake_llm
+from agentnas.ops.scripted_llm import scripted_llm
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCRIPT = json.loads((REPO / "tests/fixtures/phase1_addigits_script.json").read_text())
@@ -78,7 +78,7 @@ def run_cli(home, config, *args, env=None, timeout=600, during=None):
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     home = tmp_path_factory.mktemp("phase1")
-    with fake_llm(SCRIPT, key="test-key") as server:
+    with scripted_llm(SCRIPT, key="test-key") as server:
         config = write_config(home / "agentnas.toml", server.base_url)
         code, out, err, killed = run_cli(home, config, "--llm", "anthropic", env={"ANTHROPIC_API_KEY": "test-key"},
                                          during=kill_planner_after_first_batch)
@@ -231,7 +231,7 @@ def test_bad_run_requests_are_one_line_errors(tmp_path):
 
 
 def test_invalid_key_and_unknown_model_fail_before_any_training(tmp_path):
-    with fake_llm([], key="right-key") as server:
+    with scripted_llm([], key="right-key") as server:
         config = write_config(tmp_path / "agentnas.toml", server.base_url)
         for model, key, fragment in [("claude-sonnet-4-6", "wrong-key", "refused (401)"),
                                      ("claude-imaginary-9", "right-key", "unknown model 'claude-imaginary-9'")]:
@@ -266,7 +266,7 @@ def test_divergence_can_hand_over_to_the_live_provider(recorded, tmp_path):
     next(c for c in lines if c["agent"] == "planner")["request"]["messages"][-1]["content"] += " (edited)"
     transcript.write_text("\n".join(json.dumps(c) for c in lines) + "\n")
     planner_script = [rule for rule in SCRIPT if rule["agent"] == "planner"]
-    with fake_llm(planner_script, key="test-key") as server:
+    with scripted_llm(planner_script, key="test-key") as server:
         config = write_config(tmp_path / "agentnas.toml", server.base_url)
         code, out, err, _ = run_cli(tmp_path / "home", config, "--llm", f"replay:{transcript}",
                                     "--on-divergence", "live", env={"ANTHROPIC_API_KEY": "test-key"})

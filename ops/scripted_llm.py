@@ -1,8 +1,9 @@
 """A local stand-in for LLM providers: the Anthropic Messages API and the OpenAI
 chat-completions API, answering from a scripted transcript.
 
-The real SDK clients talk to it through their base URL, so tests exercise the same wire
-formats, headers and error shapes as production, with no network and no key.
+The real SDK clients talk to it through their base URL, so the tests and `agentnas demo
+--scripted` exercise the same wire formats, headers and error shapes as production, with
+no network and no key. It is never a provider of a real run: its answers are scripted.
 
 Script: a list of rules, each one of
     {"agent": "planner", "reply": "text", "match": "optional substring"}
@@ -113,7 +114,7 @@ def _rules(script: Iterable[dict[str, Any]]) -> dict[str, deque[_Rule]]:
     return by_agent
 
 
-class FakeLlmServer:
+class ScriptedLlmServer:
     """Serve `script` on a free loopback port from a background thread."""
 
     def __init__(
@@ -147,7 +148,7 @@ class FakeLlmServer:
         """The OpenAI SDK expects the /v1 prefix in its base URL."""
         return self.base_url + "/v1"
 
-    def start(self) -> "FakeLlmServer":
+    def start(self) -> "ScriptedLlmServer":
         handler = type("_BoundHandler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -163,7 +164,7 @@ class FakeLlmServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "FakeLlmServer":
+    def __enter__(self) -> "ScriptedLlmServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -226,7 +227,7 @@ def _input_tokens(parsed: _Parsed) -> int:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    fake: FakeLlmServer  # set on the bound subclass
+    fake: ScriptedLlmServer  # set on the bound subclass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
         pass
@@ -398,14 +399,15 @@ def _openai_completion(n: int, model: str, text: str, usage: tuple[int, int]) ->
 
 
 @contextmanager
-def fake_llm(
+def scripted_llm(
     script: Iterable[dict[str, Any]],
     key: str = "test-key",
     models: Iterable[str] = DEFAULT_MODELS,
-) -> Iterator[FakeLlmServer]:
+) -> Iterator[ScriptedLlmServer]:
     """Start a fake provider for the block; yields the server (`.base_url`, `.requests`)."""
-    server = FakeLlmServer(script, key=key, models=models).start()
+    server = ScriptedLlmServer(script, key=key, models=models).start()
     try:
         yield server
     finally:
         server.stop()
+
