@@ -110,9 +110,10 @@ class ReplaySource:
             raise ReplayError(f"replay: cannot read {path} ({exc.strerror})") from None
         if head == _SQLITE_MAGIC:
             return cls.from_log(path, run_id)
+        source = cls.from_jsonl(path)  # one line if it is not a transcript either
         if run_id:
             raise ReplayError(f"replay: {path} is a JSONL transcript; it has no runs to pick (drop '#{run_id}')")
-        return cls.from_jsonl(path)
+        return source
 
     @classmethod
     def from_log(cls, path: str | Path, run_id: str | None = None) -> "ReplaySource":
@@ -151,8 +152,15 @@ class ReplaySource:
                 continue
             try:
                 calls.append(_call_decoder.decode(line))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except msgspec.ValidationError as exc:
                 raise ReplayError(f"replay: {path}:{number}: not a recorded LLM call ({exc})") from None
+            except msgspec.DecodeError:
+                if not calls:  # not even the first line is JSON: some other kind of file
+                    raise ReplayError(f"replay: {path} is neither an agentnas event log (SQLite) nor a JSONL "
+                                      "transcript of recorded LLM calls; expected an agentnas event log (SQLite) "
+                                      "or a JSONL transcript") from None
+                raise ReplayError(f"replay: {path}:{number}: not a JSON line (a JSONL transcript holds one "
+                                  "recorded LLM call per line)") from None
         if not calls:
             raise ReplayError(f"replay: {path} holds no LLM calls")
         return cls(calls, origin=str(path))

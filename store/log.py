@@ -120,16 +120,19 @@ class EventLog:
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         if readonly:
-            if version == 0 or version > len(MIGRATIONS):
+            if version > len(MIGRATIONS):
+                conn.close()
+                raise self._newer(version)
+            if version == 0:
+                conn.close()
                 raise LogError(f"{self.path} is not an agentnas event log (schema {version})")
         else:
             self._migrate(version)
 
     def _migrate(self, version: int) -> None:
         if version > len(MIGRATIONS):
-            raise LogError(
-                f"{self.path} has schema {version}, newer than this agentnas ({len(MIGRATIONS)})"
-            )
+            self.conn.close()
+            raise self._newer(version)
         if version == 0 and self.db.table_names():
             raise LogError(f"{self.path} is an SQLite file but not an agentnas event log")
         try:
@@ -141,6 +144,10 @@ class EventLog:
                 )
         except sqlite3.DatabaseError as exc:
             raise LogError(f"cannot migrate {self.path}: {exc}") from None
+
+    def _newer(self, version: int) -> LogError:
+        # this version knows schemas up to len(MIGRATIONS); never touch a newer file
+        return LogError(f"{self.path} was written by a newer agentnas (schema {version}); upgrade agentnas to read it")
 
     def close(self) -> None:
         self.conn.close()

@@ -55,13 +55,14 @@ def agentnas_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "agentnas.ops.cli", *args]
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         agentnas_cmd(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -36,6 +37,21 @@ def visible_gpus() -> list[str]:
     if visible is not None:
         count = min(count, len([v for v in visible.split(",") if v.strip()]))
     return [f"cuda:{i}" for i in range(count)]
+
+
+def check_device(device: str) -> str:
+    """`device` parsed, and present on this machine: cuda:N needs an Nth visible GPU
+    (DeviceError otherwise, before any worker tries to open it)."""
+    device = parse_device(device)
+    if device == "cpu":
+        return device
+    if shutil.which("nvidia-smi") is None and glob.glob("/dev/nvidia[0-9]*"):
+        return device  # GPUs but no nvidia-smi to count them: let the worker try
+    gpus = visible_gpus()
+    if device not in gpus:
+        seen = f"GPUs visible here: {', '.join(gpus)}" if gpus else "no GPU is visible on this machine (nvidia-smi lists none)"
+        raise DeviceError(f"device {device} is not available: {seen}; use --device cpu")
+    return device
 
 
 def default_devices() -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from agentnas.trainer_daemon.metrics import GROUPED_METRICS
 
-__all__ = ["BUILTIN_TASKS", "TaskData", "TaskError", "TaskSpec", "list_tasks", "load_task"]
+__all__ = ["BUILTIN_TASKS", "TaskData", "TaskError", "TaskSpec", "describe_task", "list_tasks", "load_task"]
 
 Loss = Literal["cross_entropy", "bce_with_logits", "mse", "relative_l2", "masked_bce"]
 Metric = Literal[
@@ -257,17 +257,35 @@ def list_tasks() -> list[TaskSpec]:
     return [spec for spec, _ in _BUILTINS.values()]
 
 
+def describe_task(data: TaskData) -> str:
+    """One line: samples per split, shapes, classes, loss and metric (what `agentnas tasks FILE` prints)."""
+    spec = data.spec
+    counts = ", ".join(f"{split} {len(getattr(data, f'{split}_x'))}" for split in ("train", "valid", "test"))
+    output = "x".join(map(str, spec.output_shape))
+    if spec.loss == "cross_entropy":
+        output += f" ({spec.output_shape[0]} classes)"
+    elif spec.metric in ("one_minus_map", "one_minus_auroc"):
+        output += f" ({spec.output_shape[0]} binary labels)"
+    line = (f"{counts} samples; input {'x'.join(map(str, spec.input_shape))}, output {output}; "
+            f"loss {spec.loss}, metric {spec.metric}")
+    return line + ("; groups in valid and test" if data.valid_groups is not None else "")
+
+
 def load_task(ref: str) -> TaskData:
     """A built-in task by name, or a custom task from the path of its .toml file."""
     if ref in _BUILTINS:
         return TaskData(spec=_BUILTINS[ref][0], **_builtin_arrays(ref))
     path = Path(ref).expanduser()
-    if not path.is_file():
-        raise TaskError(
-            f"unknown task {ref!r}: neither a built-in ({', '.join(BUILTIN_TASKS)}) "
-            "nor a task .toml file"
-        )
-    return _load_task_file(path)
+    if path.is_file():
+        return _load_task_file(path)
+    if path.is_dir():
+        raise TaskError(f"task {ref!r} is a folder, not a task .toml file")
+    if path.suffix == ".toml" or len(path.parts) > 1:
+        raise TaskError(f"no such task file {ref} (and not a built-in task: {', '.join(BUILTIN_TASKS)})")
+    raise TaskError(
+        f"unknown task {ref!r}: neither a built-in ({', '.join(BUILTIN_TASKS)}) "
+        "nor a task .toml file"
+    )
 
 
 # ---------------------------------------------------------------- custom tasks (TOML)
@@ -329,15 +347,33 @@ def _spec_from_file(where: str, raw: _TaskFile) -> TaskSpec:
     return msgspec.convert(fields, TaskSpec)
 
 
+_NPY_MAGIC = b"\x93NUMPY"  # what numpy.save writes first
+
+
 def _read_npy(where: str, base: Path, field: str, relative: str) -> np.ndarray:
-    path = base / relative
+    path = base / relative  # relative to the TOML's folder (an absolute path stays itself)
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
     except FileNotFoundError:
         raise TaskError(f"{where}: files.{field}: no such file {path}") from None
+    except IsADirectoryError:
+        raise TaskError(f"{where}: files.{field}: {path} is a folder, not a .npy file") from None
+    except OSError as error:
+        raise TaskError(f"{where}: files.{field}: cannot read {path} ({error.strerror})") from None
+    if magic != _NPY_MAGIC:
+        raise TaskError(f"{where}: files.{field}: {path} is not a .npy file (write arrays with numpy.save)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         message = str(error).replace("\n", " ")
-        raise TaskError(f"{where}: files.{field}: cannot read {path} as .npy: {message}") from None
+        if "Python objects" in message or "pickle" in message:
+            message = f"{path} holds Python objects, expected a numeric array"
+        elif "mmap length" in message or isinstance(error, EOFError) or message.startswith("EOF"):
+            message = f"{path} is shorter than its header says (truncated?)"
+        else:
+            message = f"cannot read {path} as .npy: {message}"
+        raise TaskError(f"{where}: files.{field}: {message}") from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
         raise TaskError(f"{where}: files.{field}: {path} must hold one real-valued .npy array")
     return array.astype(np.uint8) if array.dtype == bool else array
@@ -348,14 +384,26 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _as_float32(where: str, field: str, array: np.ndarray, what: str) -> np.ndarray:
+    """`array` as float32, or one line naming NaN/inf or values float32 cannot hold (never a numpy warning)."""
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not np.all(finite):
+            kinds = " and ".join(k for k, bad in (("NaN", np.isnan(array).any()), ("inf", np.isinf(array).any())) if bad)
+            raise TaskError(f"{where}: files.{field}: {what} contain {kinds}")
+        largest = float(np.abs(array).max(initial=0.0))
+        if largest > float(np.finfo(np.float32).max):
+            raise TaskError(f"{where}: files.{field}: values up to {largest:.3g} overflow float32 "
+                            f"(the trainer uses float32; rescale the {what})")
+    with np.errstate(all="ignore"):
+        return np.asarray(array, dtype=np.float32)
+
+
 def _check_x(where: str, field: str, x: np.ndarray, spec: TaskSpec) -> np.ndarray:
     if x.ndim == 0 or x.shape[1:] != spec.input_shape or len(x) == 0:
         expected = ", ".join(map(str, spec.input_shape))
         raise TaskError(f"{where}: files.{field}: shape {x.shape}, expected (N >= 1, {expected})")
-    x = np.asarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(x)):
-        raise TaskError(f"{where}: files.{field}: contains NaN or inf")
-    return _readonly(x)
+    return _readonly(_as_float32(where, field, x, "inputs"))
 
 
 def _check_y(where: str, field: str, y: np.ndarray, n: int, spec: TaskSpec) -> np.ndarray:
@@ -364,7 +412,9 @@ def _check_y(where: str, field: str, y: np.ndarray, n: int, spec: TaskSpec) -> n
         raise TaskError(f"{where}: files.{field}: {count} targets for {n} inputs")
     if spec.loss == "cross_entropy":
         classes = spec.output_shape[0]
-        if y.ndim != 1 or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+        if y.dtype.kind == "f" and y.ndim == 1 and not np.all(np.isfinite(y)):
+            raise TaskError(f"{where}: files.{field}: labels contain NaN or inf, expected integer class ids")
+        if y.ndim != 1 or np.any(y != np.round(y)):
             raise TaskError(
                 f"{where}: files.{field}: shape {y.shape} dtype {y.dtype}, "
                 f"expected integer class ids ({n},)"
@@ -377,12 +427,10 @@ def _check_y(where: str, field: str, y: np.ndarray, n: int, spec: TaskSpec) -> n
     if y.shape[1:] != spec.output_shape:
         expected = ", ".join(map(str, spec.output_shape))
         raise TaskError(f"{where}: files.{field}: shape {y.shape}, expected ({n}, {expected})")
-    y = np.asarray(y, dtype=np.float32)
+    y = _as_float32(where, field, y, "labels")
     allowed = {"bce_with_logits": (0, 1), "masked_bce": (-1, 0, 1)}.get(spec.loss)
     if allowed is not None and not np.all(np.isin(y, allowed)):
         raise TaskError(f"{where}: files.{field}: values must be in {allowed} for loss {spec.loss!r}")
-    if not np.all(np.isfinite(y)):
-        raise TaskError(f"{where}: files.{field}: contains NaN or inf")
     return _readonly(y)
 
 

@@ -61,3 +61,18 @@ def test_home_precedence(monkeypatch, tmp_path):
     assert resolve_home(str(tmp_path / "cfg"), str(tmp_path / "flag")) == tmp_path / "flag"
     monkeypatch.delenv("AGENTNAS_HOME")
     assert resolve_home("", None).name == ".agentnas"
+
+
+def test_enum_errors_list_the_values_and_flags_name_the_command_line(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[evolution]\nalgorithm = 'bayes'\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: evolution.algorithm: expected one of 'gdas', 're', 'rs', got 'bayes'$"):
+        load_config(f)
+    with pytest.raises(ConfigError, match=r"^command line: log.format: expected one of 'auto', 'console', 'json', got 'xml'$"):
+        load_config(None, {"log.format": "xml"})
+
+
+def test_trainer_defaults_are_the_effective_values():
+    assert Config().trainer.worker_jobs == 32  # what `config show` prints is what runs
+    with pytest.raises(ConfigError, match="trainer.max_deliver: Expected `int` >= 1"):
+        load_config(None, {"trainer.max_deliver": 0})

@@ -73,7 +73,7 @@ def test_log_from_a_newer_version_is_refused(tmp_path):
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     conn.close()
-    with pytest.raises(LogError, match="newer than this agentnas"):
+    with pytest.raises(LogError, match="written by a newer agentnas"):
         EventLog(path)
 
 
@@ -109,3 +109,17 @@ def test_stored_payload_this_version_cannot_read_becomes_unknown(tmp_path):
         log.append_rows([("x1", "r1", "run.failed", 1, 1.0, None, '{"agent":"t","instance":""}', '{"reason": 7}')])
         (env,) = list(log.events("r1"))
         assert isinstance(env.payload, m.UnknownPayload)
+
+
+def test_newer_log_says_upgrade_on_both_open_paths(tmp_path):
+    path = tmp_path / "l.sqlite"
+    EventLog(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    before = path.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(LogError) as caught:
+            EventLog(path, readonly=readonly)
+        assert str(caught.value) == f"{path} was written by a newer agentnas (schema 999); upgrade agentnas to read it"
+    assert path.read_bytes() == before

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import get_args
 
+import msgspec
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -276,7 +278,7 @@ BAD_CASES = [
     ("published_best nan", {"published_best": "nan"}, None, "", "published_best: must be a finite"),
     ("x shape", {}, _with(valid_x=np.zeros((8, 2, 4, 5))), "", "files.valid_x: shape (8, 2, 4, 5)"),
     ("x empty", {}, _with(test_x=np.zeros((0, 2, 4, 4)), test_y=np.zeros(0, int)), "", "files.test_x"),
-    ("x nan", {}, _with(train_x=np.full((20, 2, 4, 4), np.nan)), "", "files.train_x: contains NaN"),
+    ("x nan", {}, _with(train_x=np.full((20, 2, 4, 4), np.nan)), "", "files.train_x: inputs contain NaN"),
     ("y length", {}, _with(train_y=np.zeros(19, int)), "", "files.train_y: 19 targets for 20 inputs"),
     ("y scalar", {}, _with(valid_y=np.array(1)), "", "files.valid_y: a scalar, not targets for 8"),
     ("y range", {}, _with(train_y=np.full(20, 3)), "", "files.train_y: class ids span [3, 3]"),
@@ -292,7 +294,7 @@ BAD_CASES = [
     ("groups unused", {"metric": '"error_pct"'}, None, "",
      "files.valid_groups: metric 'error_pct' does not use"),
     ("object npy", {}, _with(train_y=np.array([{"a": 1}] * 20, dtype=object)), "",
-     "files.train_y: cannot read"),
+     "files.train_y: "),
     ("complex npy", {}, _with(train_x=np.zeros((20, 2, 4, 4), complex)), "", "files.train_x: "),
 ]
 
@@ -320,7 +322,15 @@ def test_missing_and_unreadable_npy_files(tmp_path):
     path = _write_task(tmp_path)
     data_dir = tmp_path / "task" / "data"
     (data_dir / "valid_y.npy").write_text("this is not an npy file")
-    with pytest.raises(TaskError, match=r"files\.valid_y: cannot read .*valid_y\.npy as \.npy"):
+    with pytest.raises(TaskError, match=r"files\.valid_y: .*valid_y\.npy is not a \.npy file"):
+        load_task(path)
+    np.save(data_dir / "valid_y.npy", np.zeros(8, np.int64))
+    (data_dir / "valid_y.npy").write_bytes((data_dir / "valid_y.npy").read_bytes()[:-10])
+    with pytest.raises(TaskError, match=r"files\.valid_y: .*valid_y\.npy is shorter than its header says"):
+        load_task(path)
+    (data_dir / "valid_y.npy").unlink()
+    (data_dir / "valid_y.npy").mkdir()
+    with pytest.raises(TaskError, match=r"files\.valid_y: .*valid_y\.npy is a folder"):
         load_task(path)
     (data_dir / "train_x.npy").unlink()
     with pytest.raises(TaskError, match=r"files\.train_x: no such file .*train_x\.npy"):
@@ -349,3 +359,147 @@ def test_task_error_is_a_value_error():
 )
 def test_output_shape_rules(metric, shape, ok):
     assert (output_shape_problem(metric, shape) is None) == ok
+
+
+# ---------------------------------------------------------------- misleading messages (issue 10)
+
+
+def test_text_file_named_npy_is_not_a_npy_file(tmp_path):
+    path = _write_task(tmp_path)
+    (tmp_path / "task" / "data" / "train_y.npy").write_text("0 1 2 0 1 2\n")
+    with pytest.raises(TaskError) as caught:
+        load_task(path)
+    assert "files.train_y:" in str(caught.value) and "is not a .npy file" in str(caught.value)
+    assert "pickle" not in str(caught.value)
+
+
+def test_pickled_objects_are_named_as_such(tmp_path):
+    path = _write_task(tmp_path, arrays=_with(train_y=np.array([{"a": 1}] * 20, dtype=object))())
+    with pytest.raises(TaskError, match=r"files\.train_y: .* holds Python objects, expected a numeric array"):
+        load_task(path)
+
+
+@pytest.mark.parametrize("fields, field, value", [
+    ({}, "train_y", lambda a: np.where(np.arange(20) == 3, np.nan, a.astype(float))),
+    ({"loss": '"mse"', "metric": '"relative_l2"', "output_shape": "[3]"}, "valid_y", None),
+])
+def test_nan_in_labels_says_nan(tmp_path, fields, field, value):
+    arrays = _good_arrays(np.random.default_rng(0))
+    del arrays["valid_groups"], arrays["test_groups"]
+    fields = {"metric": '"error_pct"', **fields}
+    if value is None:  # regression targets
+        for split, n in zip(SPLITS, (20, 8, 6)):
+            arrays[f"{split}_y"] = np.ones((n, 3))
+        arrays[field][2, 1] = np.nan
+    else:
+        arrays[field] = value(arrays[field])
+    path = _write_task(tmp_path, fields, arrays)
+    with pytest.raises(TaskError) as caught:
+        load_task(path)
+    assert f"files.{field}: labels contain NaN" in str(caught.value)
+    assert "dtype" not in str(caught.value)
+
+
+@pytest.mark.parametrize("field", ["train_x", "test_x"])
+def test_inputs_that_overflow_float32_are_named_without_warnings(tmp_path, field):
+    arrays = _good_arrays(np.random.default_rng(0))
+    arrays[field] = arrays[field] * 1e300
+    path = _write_task(tmp_path, arrays=arrays)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning would fail here
+        with pytest.raises(TaskError) as caught:
+            load_task(path)
+    assert f"files.{field}: values up to" in str(caught.value) and "overflow float32" in str(caught.value)
+
+
+def test_overflowing_inputs_print_no_warning_in_a_fresh_process(tmp_path):
+    arrays = _good_arrays(np.random.default_rng(0))
+    arrays["train_x"] = arrays["train_x"] * 1e300
+    path = _write_task(tmp_path, arrays=arrays)
+    script = ("from agentnas.trainer_daemon.tasks import load_task, TaskError\n"
+              f"try:\n    load_task({path!r})\nexcept TaskError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stderr == "" and "overflow float32" in out.stdout
+
+
+def test_relative_task_file_and_paths_relative_to_its_folder(tmp_path, monkeypatch):
+    _write_task(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    data = load_task("task/task.toml")
+    assert data.spec.name == "mytask" and len(data.train_x) == 20
+    monkeypatch.chdir(tmp_path / "task" / "data")
+    assert load_task("../task.toml").spec.name == "mytask"
+
+
+def test_task_reference_that_is_a_folder_or_a_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(TaskError, match=r"^task 'ds' is a folder, not a task \.toml file"):
+        load_task("ds")
+    with pytest.raises(TaskError, match=r"^no such task file ds/cls\.toml"):
+        load_task("ds/cls.toml")
+    with pytest.raises(TaskError, match=r"^unknown task 'my task': neither a built-in"):
+        load_task("my task")
+
+
+def test_describe_task_counts_shapes_classes(tmp_path):
+    data = load_task(_write_task(tmp_path))
+    assert tasks.describe_task(data) == (
+        "train 20, valid 8, test 6 samples; input 2x4x4, output 3 (3 classes); "
+        "loss cross_entropy, metric one_minus_macro_f1; groups in valid and test"
+    )
+    dense = tasks.describe_task(load_task("digitsmooth"))
+    assert dense.startswith("train 4000, valid 1000, test 1000 samples; input 1x8x8, output 1x8x8; loss relative_l2")
+
+
+# ---------------------------------------------------------------- docs/DATASETS.md stays true
+
+DATASETS_DOC = Path(__file__).resolve().parents[2] / "docs" / "DATASETS.md"
+
+
+def _doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DATASETS_DOC.read_text(), flags=re.S)
+
+
+def test_datasets_doc_names_every_key_loss_and_metric():
+    doc = DATASETS_DOC.read_text()
+    keys = [f.name for f in msgspec.structs.fields(tasks._TaskFile) if f.name != "files"]
+    keys += [f"files.{f.name}" for f in msgspec.structs.fields(tasks._TaskFiles)]
+    for name in keys + list(LOSSES_FOR_METRIC) + list(tasks.LOSSES):
+        assert f"`{name.split('.')[-1]}`" in doc or f"`{name}`" in doc, name
+    for metric, losses in LOSSES_FOR_METRIC.items():  # the metrics table pairs each metric with its losses
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{metric}` |"))
+        assert row.rstrip(" |").endswith(", ".join(f"`{loss}`" for loss in losses)), row
+    template = _doc_blocks("toml")[0]  # the annotated template decodes and passes the spec checks
+    spec = tasks._spec_from_file("template", msgspec.toml.decode(template, type=tasks._TaskFile))
+    assert spec.name == "where_square"
+
+
+def test_datasets_doc_example_runs_as_written(tmp_path):
+    from tests.conftest import run_cli
+
+    files = {}
+    for language in ("python", "toml"):
+        for block in _doc_blocks(language):
+            first = block.splitlines()[0]
+            if first.startswith("# file: "):
+                files[first.removeprefix("# file: ").strip()] = block
+    assert set(files) == {"make_my_task.py", "my_task.toml", "model.py"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (commands,) = [b for b in _doc_blocks("bash") if "python make_my_task.py" in b]
+    lines = [line.split("#")[0].strip() for line in commands.splitlines() if line.strip()]
+    assert lines == ["python make_my_task.py", "agentnas tasks my_task.toml",
+                     "agentnas check-model model.py --task my_task.toml", "agentnas run my_task.toml --llm none"]
+    made = subprocess.run([sys.executable, "make_my_task.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    env = {"AGENTNAS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    listed = run_cli("tasks", "my_task.toml", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    (shown,) = [b for b in _doc_blocks("text") if b.startswith("ok  my_task.toml")]
+    assert listed.stdout == shown  # the doc shows exactly what the command prints
+    checked = run_cli("check-model", "model.py", "--task", "my_task.toml", cwd=tmp_path, env=env, timeout=180)
+    assert checked.returncode == 0 and checked.stdout.startswith("ok"), checked.stdout + checked.stderr
+    # `agentnas run` is the search itself (minutes); its start-up path for a task file is tested in tests/ops
