@@ -568,6 +568,69 @@ def export(
                   highlight=False, soft_wrap=True)
 
 
+@app.command()
+def demo(
+    ctx: typer.Context,
+    scripted: Annotated[bool, typer.Option("--scripted", help="Run the LLM roles against a local server that answers from a bundled transcript.")] = False,
+    llm: Annotated[Optional[str], typer.Option(help="Use this LLM (anthropic[:MODEL] | openai:MODEL); default: none, the rule-based roles.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show this process's log lines.")] = False,
+) -> None:
+    """The whole pipeline on the built-in task addigits with small budgets (minutes on a laptop CPU),
+    then its report and the exported model."""
+    from contextlib import ExitStack
+
+    from agentnas.agents.llm_settings import LlmError, LlmSettings
+    from agentnas.agents.providers import preflight
+    from agentnas.agents.roles import WITHOUT_LLM
+    from agentnas.ops import demo as d
+    from agentnas.ops.export import export_run
+    from agentnas.ops.report import write_report
+    from agentnas.ops.run import run_pipeline
+
+    c: Context = ctx.obj
+    if scripted and llm:
+        raise UserError("--scripted answers from a transcript; it cannot be combined with --llm")
+    prepare_home(c.home)
+    check_log(c.home)
+    if not verbose:
+        quiet_logs(c)
+    with ExitStack() as stack:
+        base_url = d.scripted_provider(stack) if scripted else ""
+        config = d.demo_config(c.config, scripted=scripted, base_url=base_url)
+        config_path = d.write_config(config, c.home)
+        if scripted:
+            console.print("demo with SCRIPTED LLM answers: the planner, modularizer, slot planner and code executor "
+                          "talk to a local server that replays a bundled transcript, through the real Anthropic SDK; "
+                          "no real LLM is asked anything.", highlight=False, soft_wrap=True)
+            roles, llm_spec = {}, "anthropic"
+        elif llm:
+            try:
+                asyncio.run(preflight(LlmSettings.from_config(config.llm, llm)))
+            except LlmError as exc:
+                raise UserError(str(exc)) from None
+            roles, llm_spec = {}, llm
+        else:
+            console.print("demo without an LLM: the rule-based planner writes the seeds and the slotted space is built "
+                          "from its designs (pass --scripted to watch the LLM path, or --llm PROVIDER to use one).",
+                          highlight=False, soft_wrap=True)
+            roles, llm_spec = dict(WITHOUT_LLM), None
+        ran: list[str] = []
+        status = asyncio.run(run_pipeline(config, c.home, str(config_path), d.TASK, (1, 2, 3), llm_spec, "stop",
+                                          roles, c.config.bus.url or None, console, run_id_out=ran))
+    if not ran:
+        raise typer.Exit(1)
+    with EventLog(log_file(c.home), readonly=True) as event_log:
+        state = event_log.run_state(ran[0])
+    report_path = write_report(state, c.home / "runs" / ran[0] / "report")
+    console.print(f"report: {report_path}", highlight=False, soft_wrap=True)
+    if state.result is not None:
+        exported = export_run(c.home, state, c.home / "runs" / ran[0] / "export")
+        console.print(f"exported model: {exported} (README.md, model.py, weights.pt; needs torch only)",
+                      highlight=False, soft_wrap=True)
+    if status != "finished":
+        raise typer.Exit(1)
+
+
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print the effective configuration as TOML (defaults, file, flags), the home folder resolved."""

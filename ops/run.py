@@ -85,7 +85,7 @@ def hand_over(home: Path, state: RunState, console: Console) -> None:
 async def run_pipeline(config: Config, home: Path, config_path: str | None, task_ref: str, phases: tuple[int, ...],
                        llm: str | None, on_divergence: str, role_impls: dict[str, str] | str | None,
                        nats_url: str | None, console: Console, space: SlottedSpace | None = None,
-                       space_notes: list[str] | None = None) -> str:
+                       space_notes: list[str] | None = None, run_id_out: list[str] | None = None) -> str:
     """Request a run and follow it to its end. `space`: the space Phase 3 searches in a run of
     Phase 3 alone (`agentnas search`), accepted as given."""
     data = load_task(task_ref)
@@ -121,6 +121,8 @@ async def run_pipeline(config: Config, home: Path, config_path: str | None, task
         outcome["state"] = state
 
     await run_system(config, home, config_path, nats_url, console, body)
+    if run_id_out is not None:
+        run_id_out.append(run_id)
     return _closing(home, run_id, outcome, console)
 
 

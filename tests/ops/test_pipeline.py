@@ -24,7 +24,7 @@ from agentnas.ops.scripted_llm import scripted_llm
 from tests.conftest import REPO, agentnas_cmd, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-SCRIPT = json.loads((REPO / "tests/fixtures/pipeline_addigits_script.json").read_text())
+SCRIPT = json.loads((REPO / "ops/demo_transcript.json").read_text())
 
 
 def events(home, run_id=None):
@@ -89,8 +89,10 @@ def test_phases_1_and_2_run_end_to_end(pipeline):
     # Phase 2: one plan; the broken alternative dropped after its two attempts; the rest in the space
     (plan,) = of["slot_plan.proposed"]
     assert [s["name"] for s in plan["space"]["slots"]] == ["stage1", "stage1_glue", "stage2", "stage2_glue", "head"]
-    (dropped,) = of["alternative.dropped"]
-    assert (dropped["slot"], dropped["index"], dropped["attempts"]) == ("stage1_glue", 2, 2)
+    dropped = {(d["slot"], d["index"]): d for d in of["alternative.dropped"]}
+    assert dropped[("stage1_glue", 2)]["attempts"] == 2  # written, failed, fixed, failed again
+    # a Zero head gives the loss nothing to differentiate: it never validates either
+    assert set(dropped) <= {("stage1_glue", 2), ("head", 2)}
     (accepted,) = of["space.accepted"]
     glue = accepted["space"]["slots"][1]
     assert [a["role"] for a in glue["alternatives"]] == ["identity", "candidate", "zero"]
@@ -118,7 +120,8 @@ def test_the_space_is_left_in_the_run_folder_and_works_from_the_cli(pipeline):
     home, run_id = pipeline["home"], pipeline["run_id"]
     path = home / "runs" / run_id / "space.json"
     space = load_space(path)
-    assert space_size(space) == 3 * 3 * 3 * 2 * 3 * 5 and seed_configuration(space).choices == (0,) * 5
+    (accepted,) = [p for r, k, p in events(home, run_id) if k == "space.accepted"]
+    assert space_size(space) == accepted["size"] > 100 and seed_configuration(space).choices == (0,) * 5
     shown = run_cli("--home", str(home), "space", "show", run_id)
     assert shown.returncode == 0 and "stage1_glue" in shown.stdout, shown.stderr
     checked = run_cli("--home", str(home), "space", "validate", str(path), "--task", "addigits", timeout=300)
