@@ -8,6 +8,7 @@ no network and no key. It is never a provider of a real run: its answers are scr
 Script: a list of rules, each one of
     {"agent": "planner", "reply": "text", "match": "optional substring"}
     {"agent": "planner", "status": 529}          # one provider error (429, 500, 503, 529)
+    {"agent": "planner", "reply": "...", "delay_s": 30}   # answered after 30 s
 Each agent's rules are served in order, one per request. A request names its agent with a
 line `agentnas-agent: <name>` in the system prompt (or, failing that, the first message).
 `match`, when given, must occur in the last user message. An unknown agent, an exhausted
@@ -94,6 +95,7 @@ class _Rule:
     reply: str | None = None
     match: str | None = None
     status: int | None = None
+    delay_s: float = 0.0  # wait this long before answering (a slow provider, for fault tests)
 
 
 @dataclass
@@ -107,7 +109,7 @@ class _Parsed:
 def _rules(script: Iterable[dict[str, Any]]) -> dict[str, deque[_Rule]]:
     by_agent: dict[str, deque[_Rule]] = {}
     for number, raw in enumerate(script):
-        unknown = set(raw) - {"agent", "reply", "match", "status"}
+        unknown = set(raw) - {"agent", "reply", "match", "status", "delay_s"}
         if unknown or "agent" not in raw or ("reply" in raw) == ("status" in raw):
             raise ValueError(f"script rule {number}: need 'agent' and one of 'reply'/'status', got {sorted(raw)}")
         by_agent.setdefault(raw["agent"], deque()).append(_Rule(**raw))
@@ -207,6 +209,12 @@ class ScriptedLlmServer:
                     )
                 else:
                     queue.remove(rule)
+                    if rule.delay_s:
+                        self._lock.release()  # other agents are served meanwhile
+                        try:
+                            time.sleep(rule.delay_s)
+                        finally:
+                            self._lock.acquire()
                     if rule.status is not None:
                         return rule.status, f"scripted error {rule.status}"
                     return 200, rule.reply or ""
