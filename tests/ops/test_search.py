@@ -1,0 +1,71 @@
+"""`agentnas search`: Phase 3 alone on a slotted space, no LLM, with each algorithm (RE, RS, GDAS),
+through the real services, to the final training and the result; plus what bad spaces get."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import msgspec
+import pytest
+
+from agentnas.agents.builtin_spaces import rule_space
+from agentnas.agents.rule_planner import Design
+from agentnas.bus.settings import TaskInfo
+from agentnas.bus.space import save_space
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+ADDIGITS = TaskInfo(name="addigits", input_shape=(3, 8, 8), output_shape=(28,), loss="cross_entropy",
+                    metric="error_pct")
+
+
+@pytest.fixture(scope="module")
+def small_space(tmp_path_factory):
+    """The slotted space of a small rule-planner CNN, with a two-epoch recipe."""
+    space = rule_space(Design(family="cnn", width=16, depth=2, recipe=0), ADDIGITS)
+    space = msgspec.structs.replace(space, seed_recipe={**space.seed_recipe, "epochs": 2, "batch_size": 128})
+    path = tmp_path_factory.mktemp("space") / "space.json"
+    save_space(space, path)
+    return path
+
+
+def events(home, kind):
+    conn = sqlite3.connect(home / "events.sqlite")
+    rows = conn.execute("SELECT payload FROM events WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
+    conn.close()
+    return [json.loads(p) for (p,) in rows]
+
+
+@pytest.mark.parametrize("algo", ["re", "rs", "gdas"])
+def test_each_algorithm_completes_a_short_search(algo, small_space, tmp_path):
+    config = tmp_path / "small.toml"
+    config.write_text("[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
+                      "init_random = 0\ngenerations = 2\ntop_k_full = 1\ngdas_epochs = 2\n"
+                      "[trainer]\nconcurrency = 2\n")
+    home = tmp_path / "home"
+    done = run_cli("--home", str(home), "--config", str(config), "search", "--space", str(small_space), "--task",
+                   "addigits", "--algo", algo, "--budget", "4", timeout=800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    proposed = [p for batch in events(home, "configurations.proposed") for p in batch["proposals"]]
+    keys = [p["key"] for p in proposed]
+    assert len(keys) == len(set(keys)) and proposed[0]["origin"] == "seed"  # never paid twice; the seed in it
+    (finished,) = events(home, "run.finished")
+    assert finished["result"]["winner"]["test_metric"] is not None
+    if algo == "gdas":
+        (gdas,) = [e for e in events(home, "evaluation.completed") if e["request"] == "gdas"]
+        assert gdas["status"] == "ok" and len(gdas["choices"]) == len(json.loads(small_space.read_text())["slots"])
+        assert [p["origin"] for p in proposed][-1] in ("gdas", "seed")
+    else:
+        assert 2 <= len(proposed) <= 4
+    assert "result of" in done.stdout
+
+
+def test_a_bad_space_is_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"scaffold_source": "class Architecture: pass", "slots": [{"name": "x"}]}')
+    done = run_cli("--home", str(tmp_path / "home"), "search", "--space", str(bad), "--task", "addigits")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "$.slots[0]" in done.stderr
+    unknown = run_cli("--home", str(tmp_path / "home"), "search", "--space", "builtin:nope", "--task", "addigits")
+    assert unknown.returncode == 2 and "builtin:wrn16_4" in unknown.stderr
