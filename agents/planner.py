@@ -82,18 +82,21 @@ class PlannerRole:
 
     # --- decisions shared by every planner ---------------------------------------------------
 
-    def finalists(self, state: RunState) -> list[Arch]:
+    def finalists(self, state: RunState, named: list[str] | None = None) -> list[Arch]:
         """The top-k (by proxy metric) of the architectures STOP named, or of all of them."""
         phase1 = state.phase1
         board = phase1.leaderboard()
-        named = set(phase1.stopped.arch_ids) if phase1.stopped and phase1.stopped.arch_ids else None
+        if named is None:
+            named = phase1.stopped.arch_ids if phase1.stopped else []
         if named:
-            board = [a for a in board if a.arch_id in named] or phase1.leaderboard()
+            board = [a for a in board if a.arch_id in set(named)] or phase1.leaderboard()
         return board[:state.settings.phase1.top_k_full]
 
     async def stop(self, ctx: Context, reason: str, arch_ids: list[str]) -> None:
-        log.info("phase 1 stopping", reason=reason)
-        await ctx.emit(m.PhaseStopped(phase=1, reason=reason, arch_ids=arch_ids))
+        """The phase's end, naming what goes to full training (the finalists, as many as there are)."""
+        finalists = [a.arch_id for a in self.finalists(ctx.state, arch_ids)]
+        log.info("phase 1 stopping", reason=reason, finalists=finalists)
+        await ctx.emit(m.PhaseStopped(phase=1, reason=reason, arch_ids=finalists))
 
     async def request_wave1(self, ctx: Context) -> None:
         state = ctx.state

@@ -70,7 +70,8 @@ def describe(env: m.Envelope, calls: dict[str, int] | None = None) -> str:
         case m.BatchSummarized(batch=batch, summary=summary):
             return f"batch.summarized batch {batch}: {short(summary)}"
         case m.PhaseStopped(phase=phase, reason=reason, arch_ids=ids):
-            return f"phase.stopped phase {phase} ({reason}): {', '.join(ids) or 'none named'}"
+            what = f"full training of the top {len(ids)}: {', '.join(ids)}" if ids else "nothing to train fully"
+            return f"phase.stopped phase {phase} ({reason}): {what}"
         case m.SeedSelected(arch_id=arch, val_metric=val):
             return f"seed.selected {arch} val {val:.4g}"
         case m.AgentOutputRejected(agent=agent, attempts=n, reason=reason):

@@ -142,7 +142,7 @@ def test_caused_lists_descendants_with_key_fields(log):
     assert not any("evaluation.progress" in line for line in executor)  # noise is not listed
     assert "architecture.implemented arch_001 (attempts 1, validated by ev-val-1)" in executor
     assert records["c-exec-1"].caused == []
-    assert records["c-plan-2"].caused == ["phase.stopped phase 1 (planner STOP): arch_001"]
+    assert records["c-plan-2"].caused == ["phase.stopped phase 1 (planner STOP): full training of the top 1: arch_001"]
 
 
 def test_cause_names_the_event_that_led_to_the_call(log):
