@@ -69,3 +69,50 @@ def test_a_bad_space_is_one_line(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "$.slots[0]" in done.stderr
     unknown = run_cli("--home", str(tmp_path / "home"), "search", "--space", "builtin:nope", "--task", "addigits")
     assert unknown.returncode == 2 and "builtin:wrn16_4" in unknown.stderr
+
+
+def test_the_evolver_and_a_trainer_killed_mid_search(small_space, tmp_path):
+    """kill -9 of the evolver after its first proposals and of the trainer daemon during final
+    training: the run completes; no configuration proposed or evaluated twice, none lost."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import agentnas_cmd
+
+    config = tmp_path / "small.toml"
+    config.write_text("[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
+                      "init_random = 0\ngenerations = 3\ntop_k_full = 2\n[trainer]\nconcurrency = 2\nack_wait_s = 6\n")
+    home = tmp_path / "home"
+    proc = subprocess.Popen(agentnas_cmd("--home", str(home), "--config", str(config), "search", "--space",
+                                         str(small_space), "--task", "addigits", "--budget", "6"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def started(role):
+        return [p["pid"] for p in events(home, "agent.started") if p["role"] == role]
+
+    def wait(predicate, what):
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if predicate():
+                    return
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"no {what}: {proc.stdout.read()[-3000:] if proc.poll() is not None else ''}")
+
+    wait(lambda: events(home, "configurations.proposed") and started("evolver"), "first proposals")
+    os.kill(started("evolver")[0], signal.SIGKILL)
+    wait(lambda: [p for p in events(home, "evaluation.progress") if p["eval_id"].endswith("-wave1")], "wave 1")
+    os.kill(started("trainer")[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=800)
+    assert proc.returncode == 0, out[-4000:]
+    proposed = [p["key"] for batch in events(home, "configurations.proposed") for p in batch["proposals"]]
+    assert len(proposed) == len(set(proposed)) == 6
+    requested = [p["eval_id"] for p in events(home, "evaluation.requested")]
+    completed = [p["eval_id"] for p in events(home, "evaluation.completed")]
+    assert len(requested) == len(set(requested)) and sorted(completed) == sorted(requested)
+    assert len(started("evolver")) >= 2 and len(started("trainer")) >= 2  # both came back
+    assert events(home, "run.finished")[0]["result"]["winner"]["test_metric"] is not None
