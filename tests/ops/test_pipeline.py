@@ -128,3 +128,28 @@ def test_the_space_is_left_in_the_run_folder_and_works_from_the_cli(pipeline):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     result = home / "runs" / run_id / "result"
     assert {"model.py", "weights.pt", "recipe.json", "metrics.json"} <= {p.name for p in result.iterdir()}
+
+
+def test_re_executing_phases_1_and_2_from_the_log_then_a_different_phase_3(pipeline, tmp_path):
+    """What if? The recorded run re-executed with every LLM answer served from its own log (no
+    provider is running at all), the same space comes out, and Phase 3 searches it with RS."""
+    home, run_id = pipeline["home"], pipeline["run_id"]
+    config = tmp_path / "replay.toml"
+    config.write_text("[phase1]\nbudget = 1\nn_parallel = 1\ncode_retries = 1\ntop_k_full = 1\n"
+                      "[slots]\ncode_retries = 1\n[trainer]\nconcurrency = 2\n"
+                      "[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
+                      "init_random = 0\ngenerations = 2\ntop_k_full = 1\n")
+    again = tmp_path / "again"
+    done = subprocess.run(agentnas_cmd("--home", str(again), "--config", str(config), "run", "addigits",
+                                       "--llm", f"replay:{home / 'events.sqlite'}#{run_id}", "--algo", "rs",
+                                       "--budget", "3"),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (new_run,) = {r for r, k, _ in events(again) if k == "run.requested"}
+    first = [p for _, k, p in events(home, run_id) if k == "space.accepted"][0]["space"]
+    second = [p for _, k, p in events(again, new_run) if k == "space.accepted"][0]["space"]
+    assert first["slots"] == second["slots"] and first["scaffold_source"] == second["scaffold_source"]
+    searched = [p for _, k, p in events(again, new_run) if k == "configurations.proposed"]
+    assert searched and {p["algorithm"] for p in searched} == {"rs"}
+    responded = [p for _, k, p in events(again, new_run) if k == "llm.responded"]
+    assert responded and all(p["cost_usd"] == 0.0 for p in responded)  # served from the recording
