@@ -75,6 +75,7 @@ def proxy_progress(found):
 
 
 def start_run(home: Path, server, *extra: str, config_extra: str = "", env: dict | None = None) -> subprocess.Popen:
+    home.mkdir(parents=True, exist_ok=True)
     config = home / "agentnas.toml"
     config.write_text(
         "[llm]\nprovider = 'anthropic'\nmodel = 'claude-sonnet-4-6'\n"
@@ -245,3 +246,33 @@ def _descendants_of_home(home: Path) -> list[int]:
             if str(home) in cmdline and int(entry.name) != os.getpid():
                 found.append(int(entry.name))
     return found
+
+
+def test_the_home_disk_filled_then_freed(tmp_path):
+    """The home on a small tmpfs, filled while the proxy trains and freed 20 s later: the run
+    finishes by itself, the proxy is `ok`, nothing is dead-lettered (JetStream wedged by the
+    full disk is restarted by `up`)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        home = disk / "home"
+        with scripted_llm(script(), key="test-key") as server:
+            proc = start_run(home, server)
+            wait_for(home, proxy_progress, proc, what="the proxy training")
+            filler = disk / "filler"
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 2**20)
+                        f.flush()
+                except OSError:
+                    pass  # full
+            time.sleep(20)
+            filler.unlink()
+            out = finish(proc, timeout=800)
+        audit = audit_run(home, the_run(home))
+        assert audit["proxy"]["status"] == "ok" and "result of" in out
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
