@@ -129,6 +129,31 @@ def test_check_model(tmp_path):
                           "device 'tpu'")
 
 
+LAZY_MODEL = """
+import torch
+from torch import nn
+
+
+class Architecture(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.LazyConv2d(8, 3, padding=1)
+        self.head = nn.LazyLinear(28)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+"""
+
+
+def test_check_model_with_lazy_modules(tmp_path):
+    """Generated code often uses lazy modules: parameters are counted after the first forward."""
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text(LAZY_MODEL)
+    ok = run_cli("--home", str(tmp_path), "check-model", str(lazy), "--task", "addigits", timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "params 476 " in ok.stdout  # the same layers as GOOD_MODEL, made lazily
+
+
 def test_tasks_lists_builtins():
     out = run_cli("tasks")
     assert out.returncode == 0
