@@ -70,13 +70,14 @@ def faults(home: Path) -> list[Report]:
             report = msgspec.json.decode(path.read_bytes(), type=Report)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError, json.JSONDecodeError):
             continue
-        alive = _alive(report.pid)
+        alive = process_alive(report.pid)
         if report.fault and (alive or time.time() - report.updated < STALE_S):
             found.append(report)
     return sorted(found, key=lambda r: r.since)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """A process with this pid exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from agentnas.bus.health import process_alive
 from agentnas.store.log import DEFAULT_NAME, EventLog
 
 
@@ -70,16 +71,6 @@ def read_bus_file(home: Path) -> BusFile | None:
         return msgspec.json.decode((home / "bus.json").read_bytes(), type=BusFile)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def system_up(home: Path) -> bool:

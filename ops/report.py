@@ -64,41 +64,47 @@ def pareto(items: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _figure_best(state: RunState, path: Path, metric: str) -> bool:
+def _axes():
+    """A figure and its axes, drawn off screen (matplotlib is imported only for a report)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = best_so_far(state)
-    if not curves:
-        return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for phase, curve in sorted(curves.items()):
-        xs, ys = zip(*curve)
-        ax.step(xs, ys, where="post", color=PHASE_COLOURS.get(phase, "grey"), label=f"Phase {phase}")
-    ax.set_xlabel("evaluations used (proxy runs, failures included)")
-    ax.set_ylabel(f"best validation {METRIC_WORDS.get(metric, (metric, ''))[0]} so far (lower is better)")
+    return plt.subplots(figsize=(6.4, 4.0))
+
+
+def _save(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _figure_best(state: RunState, path: Path, metric: str) -> bool:
+    curves = best_so_far(state)
+    if not curves:
+        return False
+    fig, ax = _axes()
+    for phase, curve in sorted(curves.items()):
+        xs, ys = zip(*curve)
+        ax.step(xs, ys, where="post", color=PHASE_COLOURS.get(phase, "grey"), label=f"Phase {phase}")
+    ax.set_xlabel("evaluations used (proxy runs, failures included)")
+    ax.set_ylabel(f"best validation {METRIC_WORDS.get(metric, (metric, ''))[0]} so far (lower is better)")
+    _save(fig, ax, path)
     return True
 
 
 def _figure_cost(state: RunState, path: Path, metric: str, field: str, label: str) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     found = [p for p in points(state) if getattr(p, field)]
     if not found:
         return False
     xy = [(float(getattr(p, field)), p.val_metric) for p in found]
     front = set(pareto(xy))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _axes()
     for phase in sorted({p.phase for p in found}):
         chosen = [(x, y) for (x, y), p in zip(xy, found) if p.phase == phase]
         ax.scatter(*zip(*chosen), s=18, alpha=0.7, color=PHASE_COLOURS.get(phase, "grey"), label=f"Phase {phase}")
@@ -107,11 +113,7 @@ def _figure_cost(state: RunState, path: Path, metric: str, field: str, label: st
     ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel(f"proxy validation {METRIC_WORDS.get(metric, (metric, ''))[0]} (lower is better)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path)
     return True
 
 
