@@ -20,13 +20,16 @@ from pathlib import Path
 
 import structlog
 
-from agentnas.bus import messages
+from agentnas.bus import messages, subjects
 from agentnas.bus.health import Health
+from agentnas.bus.publish import publish
 from agentnas.bus.server import NatsServer
+from agentnas.ops.supervisor import sender
 
 log = structlog.get_logger("agentnas.bus")
 
 MIN_FREE_MB = 64.0  # room the store needs before a restart can help
+
 
 
 class EmbeddedBus:
@@ -95,12 +98,18 @@ class EmbeddedBus:
                 failing_since = None
 
     async def _probe(self, js) -> str:
-        """'' when JetStream answers; else why not."""
+        """'' when JetStream stores a message; else why not.
+
+        The probe is a real write where events go (a supervisor heartbeat in the `_system`
+        run): after a full disk the server may answer its API while every write to a stream's
+        block still fails."""
         nc = getattr(js, "_nc", None)
         if nc is not None and not nc.is_connected:
             return "" if self.server.proc is not None and self.server.proc.poll() is None else "server down"
+        beat = messages.make_event(messages.AgentHeartbeat(role="supervisor", detail="bus probe"),
+                                   run_id=subjects.SYSTEM_RUN, sender=sender())
         try:
-            await asyncio.wait_for(js.account_info(), 3.0)
+            await publish(js, beat, timeout=3.0)
             return ""
         except Exception as exc:
             return str(exc) or type(exc).__name__
