@@ -132,17 +132,18 @@ def test_the_space_is_left_in_the_run_folder_and_works_from_the_cli(pipeline):
 
 def test_re_executing_phases_1_and_2_from_the_log_then_a_different_phase_3(pipeline, tmp_path):
     """What if? The recorded run re-executed with every LLM answer served from its own log (no
-    provider is running at all), the same space comes out, and Phase 3 searches it with RS."""
+    provider is running at all), the same space comes out, and Phase 3 searches it with RS.
+    (Phase 1's settings must stay as recorded: its prompts show them, and a changed prompt is a
+    divergence.)"""
     home, run_id = pipeline["home"], pipeline["run_id"]
     config = tmp_path / "replay.toml"
     config.write_text("[phase1]\nbudget = 1\nn_parallel = 1\ncode_retries = 1\ntop_k_full = 1\n"
                       "[slots]\ncode_retries = 1\n[trainer]\nconcurrency = 2\n"
-                      "[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
-                      "init_random = 0\ngenerations = 2\ntop_k_full = 1\n")
+                      "[evolution]\nbudget = 3\npopulation = 3\ninit_single_mutations = 1\n"
+                      "init_double_mutations = 1\ninit_random = 0\ngenerations = 2\ntop_k_full = 1\n")
     again = tmp_path / "again"
     done = subprocess.run(agentnas_cmd("--home", str(again), "--config", str(config), "run", "addigits",
-                                       "--llm", f"replay:{home / 'events.sqlite'}#{run_id}", "--algo", "rs",
-                                       "--budget", "3"),
+                                       "--llm", f"replay:{home / 'events.sqlite'}#{run_id}", "--algo", "rs"),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (new_run,) = {r for r, k, _ in events(again) if k == "run.requested"}
