@@ -28,7 +28,7 @@ from tests.conftest import REPO, agentnas_cmd
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 DEMO = json.loads((REPO / "ops/demo_transcript.json").read_text())
 RECIPE = '{"optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0001, "scheduler": "cosine", "epochs": 4, "batch_size": 128}'
-LONGER = RECIPE.replace('"epochs": 4', '"epochs": 16')
+LONGER = RECIPE.replace('"epochs": 4', '"epochs": 10')
 
 
 def script(delay_planner_s: float = 0.0, epochs_recipe: str = LONGER) -> list[dict]:
