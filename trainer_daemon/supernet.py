@@ -108,12 +108,14 @@ class MixedOp(nn.Module):
 class Supernet(nn.Module):
     """The scaffold's network with a MixedOp per mutable slot, and the architecture logits."""
 
-    def __init__(self, net: nn.Module, mixed: list[MixedOp | None]) -> None:
+    def __init__(self, net: nn.Module, mixed: list[MixedOp | None], never_final: list[set[int]] | None = None) -> None:
         super().__init__()
         self.net = net
         self.mixed = mixed  # one per slot, declaration order; None = frozen (plain list: registered in net)
         self.alphas = nn.ParameterList(
             nn.Parameter(ALPHA_INIT_STD * torch.randn(len(op.ops))) for op in mixed if op is not None)
+        # per slot: alternatives searched but never the derived answer (see argmax)
+        self.never_final = never_final or [set() for _ in mixed]
 
     def _mutable(self) -> list[MixedOp]:
         return [op for op in self.mixed if op is not None]
@@ -133,9 +135,21 @@ class Supernet(nn.Module):
                 op.choice, op.weight = k, None
 
     def argmax(self) -> list[int]:
-        """The configuration the logits prefer, no noise; 0 for frozen slots."""
-        best = iter(torch.stack([a.detach().argmax() for a in self.alphas]).tolist() if len(self.alphas) else [])
-        return [0 if op is None else next(best) for op in self.mixed]
+        """The configuration the logits prefer, no noise; 0 for frozen slots.
+
+        As DARTS and GDAS derive their cells, the zero operation takes part in the search but is
+        never the answer where it would cut the network (a single-interface slot on the main
+        path: everything after it would be constant)."""
+        choices, alphas = [], iter(self.alphas)
+        for op, never in zip(self.mixed, self.never_final):
+            if op is None:
+                choices.append(0)
+                continue
+            logits = next(alphas).detach().clone()
+            if never and len(never) < len(logits):
+                logits[sorted(never)] = float("-inf")
+            choices.append(int(logits.argmax()))
+        return choices
 
     def params_of(self, choices: list[int]) -> int:
         """Parameters of the configuration `choices`: the scaffold's and each chosen alternative's."""
@@ -203,7 +217,9 @@ def build_supernet(space: SlottedSpace) -> Supernet:
             raise JobFailed("rejected", f"slot '{slot.name}' was instantiated {len(ops)} times by the scaffold, "
                                         "expected once")
         mixed.append(ops[0] if ops else None)
-    return Supernet(net, mixed)
+    never_final = [{k for k, alt in enumerate(slot.alternatives) if alt.role == "zero" and slot.interface == "single"}
+                   for slot in space.slots]
+    return Supernet(net, mixed, never_final)
 
 
 def _factory(slot: str, classes: list[type], made: list[MixedOp]) -> Callable[[], MixedOp]:

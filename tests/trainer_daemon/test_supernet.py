@@ -183,3 +183,25 @@ def test_mixed_op_multiplies_by_its_weight():
     op = MixedOp("s", [torch.nn.Identity(), torch.nn.Identity()])
     op.choice, op.weight = 1, torch.tensor(2.0)
     assert torch.equal(op(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_the_derived_configuration_never_cuts_the_network_with_zero():
+    """A Zero on a single-interface slot is searched but never the answer (DARTS/GDAS derivation):
+    even when its logit is the largest, the best other alternative is chosen."""
+    import torch
+
+    from agentnas.bus.space import load_space
+    from agentnas.trainer_daemon.supernet import build_supernet
+    from tests.conftest import REPO
+
+    space = load_space(REPO / "tests/fixtures/space_example.json")
+    supernet = build_supernet(space)
+    zeros = [[k for k, a in enumerate(slot.alternatives) if a.role == "zero"] for slot in space.slots]
+    with torch.no_grad():
+        for alpha, slot_zeros in zip(supernet.alphas, [z for z, s in zip(zeros, space.slots) if len(s.alternatives) > 1]):
+            alpha.fill_(0.0)
+            for k in slot_zeros:
+                alpha[k] = 5.0
+            alpha[1 if 1 not in slot_zeros else 2] = 1.0
+    choices = supernet.argmax()
+    assert all(k not in z for k, z in zip(choices, zeros))
