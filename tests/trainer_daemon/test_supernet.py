@@ -190,13 +190,17 @@ def test_the_derived_configuration_never_cuts_the_network_with_zero():
     even when its logit is the largest, the best other alternative is chosen."""
     import torch
 
-    from agentnas.bus.space import load_space
+    import msgspec
+
+    from agentnas.bus.space import load_space, with_defaults
     from agentnas.trainer_daemon.supernet import build_supernet
     from tests.conftest import REPO
 
     space = load_space(REPO / "tests/fixtures/space_example.json")
+    space = msgspec.structs.replace(space, slots=tuple(with_defaults(slot) for slot in space.slots))
     supernet = build_supernet(space)
     zeros = [[k for k, a in enumerate(slot.alternatives) if a.role == "zero"] for slot in space.slots]
+    assert all(zeros), "every slot of this space offers a Zero"
     with torch.no_grad():
         for alpha, slot_zeros in zip(supernet.alphas, [z for z, s in zip(zeros, space.slots) if len(s.alternatives) > 1]):
             alpha.fill_(0.0)
