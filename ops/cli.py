@@ -363,14 +363,14 @@ def run(
         load_task(task)
     except TaskError as exc:
         raise UserError(str(exc)) from None
-    check_log(c.home)  # a log the recorder could not write stops the run here, not in a restart loop
-    if not verbose:  # services log to <home>/logs/; this process too, unless asked
-        quiet_logs(c)
-    try:
+    try:  # a bad key or an unknown model stops here, before anything is started or written
         if impl != RULE_PLANNER and not no_llm:
             asyncio.run(preflight(LlmSettings.from_config(config.llm, llm, on_divergence=on_divergence)))
     except LlmError as exc:
         raise UserError(str(exc)) from None
+    check_log(c.home)  # a log the recorder could not write stops the run here, not in a restart loop
+    if not verbose:  # services log to <home>/logs/; this process too, unless asked
+        quiet_logs(c)
     status = asyncio.run(run_pipeline(config, c.home, c.config_path, task, wanted, llm, on_divergence, roles,
                                       nats_url or config.bus.url or None, console))
     if status != "finished":

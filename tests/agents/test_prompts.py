@@ -61,7 +61,8 @@ def test_each_template_renders_with_all_its_variables(name):
 
 def test_system_prompts_start_with_the_routing_line():
     agents = {"planner_system": "planner", "explorer_system": "explorer",
-              "code_executor_system": "code_executor"}
+              "code_executor_system": "code_executor", "modularizer_system": "modularizer",
+              "slot_planner_system": "slot_planner"}
     for name, agent in agents.items():
         first = render(name, **variables_for(name)).text.splitlines()[0]
         assert first == f"agentnas-agent: {agent}"

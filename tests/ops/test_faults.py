@@ -90,7 +90,12 @@ def start_run(home: Path, server, *extra: str, config_extra: str = "", env: dict
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # `run` stops its services; nothing outlives the test
+        out, _ = proc.communicate(timeout=60)
+        raise AssertionError(f"the run did not finish in {timeout:g} s: {out[-3000:]}") from None
     assert proc.returncode == 0, out[-4000:]
     return out
 

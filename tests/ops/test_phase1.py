@@ -67,7 +67,8 @@ def kill_planner_after_first_batch(home, proc):
 
 
 def run_cli(home, config, *args, env=None, timeout=600, during=None):
-    proc = subprocess.Popen(agentnas_cmd("--home", str(home), "--config", str(config), "run", "addigits", *args),
+    proc = subprocess.Popen(agentnas_cmd("--home", str(home), "--config", str(config), "run", "addigits", "--phases", "1",
+                                         *args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     extra = during(home, proc) if during else None
@@ -220,7 +221,7 @@ def test_bad_run_requests_are_one_line_errors(tmp_path):
 
     for args, fragment in [
         (("run", "nope", "--llm", "none"), "unknown task 'nope'"),
-        (("run", "addigits", "--phases", "2"), "only --phases 1"),
+        (("run", "addigits", "--phases", "2"), "each phase starts from the one before"),
         (("run", "addigits", "--llm", "none", "--budget", "0"), "--budget must be at least 1"),
         (("run", "addigits", "--llm", "replay:/no/such/log.sqlite"), "/no/such/log.sqlite"),
     ]:
@@ -244,16 +245,18 @@ def test_invalid_key_and_unknown_model_fail_before_any_training(tmp_path):
 
 
 def test_the_run_config_event_holds_no_bus_credentials(tmp_path):
+    import msgspec
+
     from agentnas.bus.config import load_config
-    from agentnas.ops.run import run_config
+    from agentnas.ops.run import run_settings
     from agentnas.trainer_daemon.tasks import load_task
 
     cfg = tmp_path / "c.toml"
     cfg.write_text("[bus]\ntoken = 's3cret-token'\npassword = 'hunter2'\n")
-    settings = run_config(load_config(cfg), load_task("addigits"), "addigits", (1,), None, "stop", tmp_path, "x")
-    text = json.dumps(settings)
-    assert "s3cret-token" not in text and "hunter2" not in text and "bus" not in settings
-    assert settings["phase1"]["budget"] == 160 and settings["task_spec"]["name"] == "addigits"
+    settings = run_settings(load_config(cfg), load_task("addigits"), "addigits", (1,), None, "stop", tmp_path, "x")
+    text = msgspec.json.encode(settings).decode()
+    assert "s3cret-token" not in text and "hunter2" not in text and '"bus"' not in text
+    assert settings.phase1.budget == 160 and settings.task.name == "addigits"
 
 
 def test_divergence_can_hand_over_to_the_live_provider(recorded, tmp_path):
