@@ -1,7 +1,7 @@
 """Phases 1 -> 1.5 -> 2 end to end through real NATS, recorder, trainer and agent processes.
 
 The LLM is the local scripted provider answering through the real Anthropic SDK from a
-checked-in transcript (tests/fixtures/pipeline_addigits_script.json): the planner proposes
+checked-in transcript (ops/demo_transcript.json, the one the demo plays): the planner proposes
 a block-stack CNN and stops; the Modularizer's first rewrite swaps an activation and fails
 the equivalence check, the second passes; the Slot Planner plans five slots; the Code
 Executor writes the alternatives, one of which never validates and is dropped; the seed
