@@ -89,8 +89,9 @@ def export_jsonl(log: EventLog | str | Path, run_id: str, out_path: str | Path) 
 class ReplaySource:
     """Recorded calls grouped by agent, each agent with its own cursor."""
 
-    def __init__(self, calls: Iterable[RecordedCall], origin: str = "recording") -> None:
+    def __init__(self, calls: Iterable[RecordedCall], origin: str = "recording", run_id: str = "") -> None:
         self.origin = origin
+        self.run_id = run_id  # the recorded run, when the source is an event log
         self._by_agent: dict[str, list[RecordedCall]] = {}
         for call in calls:
             self._by_agent.setdefault(call.agent, []).append(call)
@@ -138,7 +139,7 @@ class ReplaySource:
             calls = recorded_calls(log, run_id)
         if not calls:
             raise ReplayError(f"replay: run '{run_id}' in {path} has no answered LLM calls")
-        return cls(calls, origin=f"{path}#{run_id}")
+        return cls(calls, origin=f"{path}#{run_id}", run_id=run_id)
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> "ReplaySource":

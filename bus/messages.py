@@ -235,6 +235,9 @@ class EvaluationCompleted(Kind, tag="evaluation.completed"):
     first_step_at: float | None = None  # wall-clock time training began (None if it never did)
     choices: list[int] | None = None  # gdas: the final configuration, argmax per slot (0 for frozen slots)
     max_abs_diff: float | None = None  # equivalence: largest |rewrite - original| eval-mode output difference
+    # "RUN/EVAL_ID": nothing was trained; this is that recorded evaluation's result, served to a
+    # re-execution (`run --llm replay:LOG#RUN`) of an identical request (trainer_daemon/recorded.py)
+    reused_from: str = ""
 
 
 # --- Phase 1: planner, data explorer, code executor ----------------------------------------

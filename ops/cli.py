@@ -321,6 +321,8 @@ def run(
     phases: Annotated[str, typer.Option(help="1, 1,2 or 1,2,3 (the whole pipeline).")] = "1,2,3",
     llm: Annotated[Optional[str], typer.Option(help="anthropic[:MODEL] | openai:MODEL | replay:PATH[#RUN] | none (no LLM: rule-based roles).")] = None,
     on_divergence: Annotated[str, typer.Option(help="With replay: stop | live.")] = "stop",
+    retrain: Annotated[bool, typer.Option("--retrain", help="With replay of an event log: train every evaluation "
+                                          "again instead of serving the recorded results.")] = False,
     budget: Annotated[Optional[int], typer.Option(help="Evaluation budget of each search phase.")] = None,
     algo: Annotated[Optional[str], typer.Option(help="Phase 3: re | rs | gdas (default: the config's, re).")] = None,
     planner: Annotated[Optional[str], typer.Option(help="llm | rule | module:Class.")] = None,
@@ -332,6 +334,7 @@ def run(
     from agentnas.agents.llm_settings import LlmError, LlmSettings
     from agentnas.agents.providers import preflight
     from agentnas.agents.roles import RULE_PLANNER, WITHOUT_LLM
+    from agentnas.ops.recorded import results_for_replay
     from agentnas.ops.run import ResumeError, resume_pipeline, run_pipeline
     from agentnas.trainer_daemon.tasks import TaskError, load_task
 
@@ -368,11 +371,15 @@ def run(
             asyncio.run(preflight(LlmSettings.from_config(config.llm, llm, on_divergence=on_divergence)))
     except LlmError as exc:
         raise UserError(str(exc)) from None
+    try:
+        recorded = ("", []) if retrain else results_for_replay(llm)
+    except LlmError as exc:
+        raise UserError(str(exc)) from None
     check_log(c.home)  # a log the recorder could not write stops the run here, not in a restart loop
     if not verbose:  # services log to <home>/logs/; this process too, unless asked
         quiet_logs(c)
     status = asyncio.run(run_pipeline(config, c.home, c.config_path, task, wanted, llm, on_divergence, roles,
-                                      nats_url or config.bus.url or None, console))
+                                      nats_url or config.bus.url or None, console, recorded=recorded))
     if status != "finished":
         raise typer.Exit(1)
 

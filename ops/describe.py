@@ -57,9 +57,10 @@ def describe(env: m.Envelope, calls: dict[str, int] | None = None) -> str:
         case m.EvaluationProgress(epoch=epoch, epochs=epochs, val_metric=val):
             return f"evaluation.progress {ev} epoch {epoch}/{epochs} val {metric(val)}"
         case m.EvaluationCompleted(status=status, arch_id=arch, val_metric=val, reason=reason,
-                                   request=req):
+                                   request=req, reused_from=reused):
             detail = f" val {val:.4g}" if val is not None else ""
             detail += f": {short(reason)}" if reason and status != "ok" else ""
+            detail += f" (recorded result of {reused}, not trained again)" if reused else ""
             return f"evaluation.completed {ev} {arch or '-'} {req} {status}{detail}"
         case m.ExplorationRequested(question=question):
             return f"exploration.requested: {short(question)}"

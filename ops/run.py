@@ -22,6 +22,7 @@ from agentnas.ops.result import chance_level, result_lines, write_result
 from agentnas.ops.home import log_file
 from agentnas.ops.up import run_system
 from agentnas.store.state import RunState
+from agentnas.trainer_daemon import recorded as recorded_mod
 from agentnas.trainer_daemon.devices import default_concurrency, default_devices, parse_device
 from agentnas.trainer_daemon.tasks import BUILTIN_TASKS, TaskData, load_task
 
@@ -85,9 +86,11 @@ def hand_over(home: Path, state: RunState, console: Console) -> None:
 async def run_pipeline(config: Config, home: Path, config_path: str | None, task_ref: str, phases: tuple[int, ...],
                        llm: str | None, on_divergence: str, role_impls: dict[str, str] | str | None,
                        nats_url: str | None, console: Console, space: SlottedSpace | None = None,
-                       space_notes: list[str] | None = None, run_id_out: list[str] | None = None) -> str:
+                       space_notes: list[str] | None = None, run_id_out: list[str] | None = None,
+                       recorded: tuple[str, list[tuple[str, m.EvaluationCompleted]]] = ("", [])) -> str:
     """Request a run and follow it to its end. `space`: the space Phase 3 searches in a run of
-    Phase 3 alone (`agentnas search`), accepted as given."""
+    Phase 3 alone (`agentnas search`), accepted as given. `recorded`: a recorded run and its
+    evaluation results (ops/recorded.py), served to this re-execution instead of training again."""
     data = load_task(task_ref)
     run_id = new_run_id(data.spec.name)
     if not config.phase1.n_parallel:
@@ -107,6 +110,12 @@ async def run_pipeline(config: Config, home: Path, config_path: str | None, task
     outcome = {"status": "interrupted"}
 
     async def body(js, stop: asyncio.Event) -> None:
+        source_run, results = recorded
+        if results:  # before the run is requested: its first evaluation may already be one of them
+            await recorded_mod.load(js, run_id, results)
+            console.print(Text(f"re-executing {source_run}: {len(results)} recorded evaluation results are served "
+                               "to identical requests instead of training them again (--retrain trains them)",
+                               overflow="fold"), highlight=False)
         await publish(js, m.make_event(payload, run_id=run_id, sender=SENDER))
         await publish(js, m.make_event(m.RunStarted(), run_id=run_id, sender=SENDER))
         if space is not None:

@@ -14,13 +14,17 @@ request it publishes `evaluation.started`, per-epoch `evaluation.progress` and e
 - while training, the request is kept alive with in-progress acks; a daemon killed
   mid-evaluation leaves the request unacked and JetStream hands it to a daemon again;
 - the delivery after the last allowed one becomes a completed event with status `error`
-  (dead-lettered), never silence.
+  (dead-lettered), never silence;
+- a request that a re-executed run's recording already answered is served from that
+  recording, not trained (recorded.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import socket
 import time
 from contextlib import AsyncExitStack
@@ -38,6 +42,7 @@ from agentnas.bus.config import BusConfig, TrainerConfig
 from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.health import Health
 from agentnas.bus.publish import heartbeat, is_bus_fault, publish, publish_until_done
+from agentnas.trainer_daemon import recorded as rec
 from agentnas.trainer_daemon.job import Job, JobResult
 from agentnas.trainer_daemon.sandbox import Limits, WorkerPool
 
@@ -127,8 +132,8 @@ class Trainer:
     """The daemon's state: its pools of warm workers and the jobs running now."""
 
     def __init__(self, js, kv, *, device: str, concurrency: int, config: TrainerConfig, home: Path,
-                 health: Health | None = None) -> None:
-        self.js, self.kv = js, kv
+                 health: Health | None = None, recorded_kv=None) -> None:
+        self.js, self.kv, self.recorded_kv = js, kv, recorded_kv
         self.device, self.concurrency, self.config, self.home = device, concurrency, config, home
         self.sender = m.Sender(agent="trainer", instance=f"{socket.gethostname()}:{device}:{os.getpid()}")
         self.pools: dict[tuple, WorkerPool] = {}
@@ -238,6 +243,13 @@ class Trainer:
                 await self.publish_result(env, stored.completed)  # it may never have reached the stream
             await msg.ack()
             return
+        reused = await self.reuse(env, req, attempt)
+        if reused is not None:
+            done = await self.settle(env.run_id, reused)
+            await self.publish_result(env, done)
+            log.info("evaluation served from the recording", eval_id=req.eval_id, reused_from=done.reused_from)
+            await msg.ack()
+            return
         if attempt - self.faults.get(req.eval_id, 0) > self.config.max_deliver:
             reason = f"dead-lettered: delivered {attempt - 1} times without a result (trainer killed or stuck each time)"
             await self.finish(env, req, JobResult(status="error", reason=reason), attempt, 0.0)
@@ -256,6 +268,32 @@ class Trainer:
         finally:
             keepalive.cancel()
         await msg.ack()
+
+    async def reuse(self, env: m.Envelope, req: m.EvaluationRequested, attempt: int) -> m.EvaluationCompleted | None:
+        """The recorded result of this very request when the run re-executes a recording, else None.
+        Its weights are copied into this run's folder; a recording whose weights are not on this
+        machine is trained again (the result's weights are part of what the run hands over)."""
+        if self.recorded_kv is None:
+            return None
+        recorded = await rec.lookup(self.recorded_kv, env.run_id, req)
+        if recorded is None:
+            return None
+        weights = ""
+        if recorded.weights_path:
+            source = Path(recorded.weights_path)
+            if not source.is_file():
+                log.info("the recorded weights are not here; training again", eval_id=req.eval_id, weights=str(source))
+                return None
+            folder = self.home / "weights" / env.run_id
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / (re.sub(r"[^A-Za-z0-9._-]", "_", req.eval_id) + ".pt")
+            shutil.copyfile(source, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
+            weights = str(target)
+        # nothing ran here: no device or wall time spent on it in this run
+        return msgspec.structs.replace(recorded, eval_id=req.eval_id, arch_id=req.arch_id, phase=req.phase,
+                                       attempt=attempt, weights_path=weights, device_time_s=0.0, wall_time_s=0.0,
+                                       first_step_at=None)
 
     async def evaluate(self, env: m.Envelope, req: m.EvaluationRequested) -> JobResult:
         job = job_for(req, self.home / "weights" / env.run_id)
@@ -312,7 +350,8 @@ async def serve(
         js = nc.jetstream()
         await ensure_streams(js)
         kv = await results_bucket(js)
-        trainer = Trainer(js, kv, device=device, concurrency=concurrency, config=config, home=home, health=health)
+        trainer = Trainer(js, kv, device=device, concurrency=concurrency, config=config, home=home, health=health,
+                          recorded_kv=await rec.recorded_bucket(js))
         stack.push_async_callback(trainer.close)
         for task in warm_tasks:  # start workers before the first request arrives
             await (await trainer.pool_for(task, m.Caps())).start()

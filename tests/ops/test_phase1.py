@@ -164,6 +164,10 @@ def test_replay_makes_no_provider_call_and_reaches_the_same_seed(recorded, tmp_p
     replayed = [p for _, k, _, p in rows if k == "seed.selected"][0]
     assert (replayed["arch_id"], replayed["val_metric"]) == (original["arch_id"], original["val_metric"])
     assert {p["provider"] for _, k, _, p in rows if k == "llm.requested"} == {"replay"}
+    # the evaluations were the recorded ones: served from the log, none trained again
+    completed = [p for _, k, _, p in rows if k == "evaluation.completed"]
+    assert completed and all(p["reused_from"].startswith(recorded["run_id"] + "/") for p in completed)
+    assert not [k for _, k, _, _ in rows if k == "evaluation.started"]
 
 
 def test_tampered_transcript_is_caught_as_a_divergence(recorded, tmp_path):

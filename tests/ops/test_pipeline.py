@@ -132,7 +132,9 @@ def test_the_space_is_left_in_the_run_folder_and_works_from_the_cli(pipeline):
 
 def test_re_executing_phases_1_and_2_from_the_log_then_a_different_phase_3(pipeline, tmp_path):
     """What if? The recorded run re-executed with every LLM answer served from its own log (no
-    provider is running at all), the same space comes out, and Phase 3 searches it with RS.
+    provider is running at all), and every evaluation it asks for again served from the log too
+    (nothing of Phases 1-2 is trained again): the same space comes out, and Phase 3 searches it
+    with RS.
     (Phase 1's settings must stay as recorded: its prompts show them, and a changed prompt is a
     divergence.)"""
     home, run_id = pipeline["home"], pipeline["run_id"]
@@ -154,3 +156,13 @@ def test_re_executing_phases_1_and_2_from_the_log_then_a_different_phase_3(pipel
     assert searched and {p["algorithm"] for p in searched} == {"rs"}
     responded = [p for _, k, p in events(again, new_run) if k == "llm.responded"]
     assert responded and all(p["cost_usd"] == 0.0 for p in responded)  # served from the recording
+    # Phases 1-2 asked for the recorded evaluations again: served, not trained; Phase 3 trained
+    rows = events(again, new_run)
+    started = {p["eval_id"] for _, k, p in rows if k == "evaluation.started"}
+    completed = [p for _, k, p in rows if k == "evaluation.completed"]
+    before = [p for p in completed if p["phase"] < 3 and p["request"] != "final_wave2"]
+    assert before and all(p["reused_from"].startswith(f"{run_id}/") for p in before)
+    assert not started & {p["eval_id"] for p in before}
+    searched_evals = [p for p in completed if p["phase"] == 3 and not p.get("reused_from")]
+    assert searched_evals and {p["eval_id"] for p in searched_evals} <= started
+    assert "recorded evaluation results are served" in " ".join(done.stdout.split())  # rich wraps at 80

@@ -207,3 +207,52 @@ async def test_the_first_result_in_the_bucket_is_the_result(js, tmp_path):
     assert await trainer.settle("r", second) == first  # the bucket decided; the log will say the same
     stored = msgspec.json.decode((await kv.get("raced")).value, type=StoredResult)
     assert stored.completed == first and not stored.published
+
+
+async def test_a_re_executed_run_is_served_its_recorded_results(js, daemon):
+    """A re-execution (`run --llm replay:`) asks for the recording's evaluations again: served from
+    the recording, weights copied into its own folder; anything else, or a recording whose
+    weights are gone, is trained."""
+    from agentnas.trainer_daemon import recorded
+
+    first = await Collector().start(js, "recording")
+    asked = [request("p", "proxy", arch_id="arch_001"),
+             request("w", "final_wave1", task="digitsmooth", source=DENSE, recipe={"epochs": 2}),
+             request("gone", "final_wave1", task="digitsmooth", source=DENSE, recipe={"epochs": 1})]
+    for req in asked:
+        await submit(js, "recording", req)
+    await wait_until(lambda: len(first.of("evaluation.completed")) == 3, timeout=180, what="the recording")
+    done = {d.eval_id: d for d in first.of("evaluation.completed")}
+    os.remove(done["gone"].weights_path)
+    offered = [(recorded.request_key(r), msgspec.structs.replace(done[r.eval_id], reused_from=f"recording/{r.eval_id}"))
+               for r in asked]
+    assert await recorded.load(js, "again", offered) == 3
+
+    again = await Collector().start(js, "again")
+    relabel = lambda r, i: msgspec.structs.replace(r, eval_id=f"again-{i}", arch_id=f"other-{i}", phase=3)  # noqa: E731
+    for i, req in enumerate(asked):
+        await submit(js, "again", relabel(req, i))
+    await submit(js, "again", request("new", "proxy", recipe={"optimizer": "adamw", "lr": 0.001, "epochs": 3,
+                                                              "batch_size": 128}))
+    await wait_until(lambda: len(again.of("evaluation.completed")) == 4, timeout=180, what="the re-execution")
+    served = {d.eval_id: d for d in again.of("evaluation.completed")}
+    assert {e for e in served if again.of("evaluation.started", e)} == {"again-2", "new"}  # trained: these two
+    proxy, wave1 = served["again-0"], served["again-1"]
+    assert proxy.reused_from == "recording/p" and proxy.val_metric == done["p"].val_metric
+    assert (proxy.arch_id, proxy.phase, proxy.device_time_s) == ("other-0", 3, 0.0)
+    assert wave1.reused_from == "recording/w" and wave1.val_metric == done["w"].val_metric
+    assert wave1.weights_path != done["w"].weights_path and "/again/" in wave1.weights_path
+    assert os.path.exists(wave1.weights_path)
+    assert served["again-2"].reused_from == "" and served["new"].reused_from == ""
+
+
+def test_the_content_key_ignores_labels_only():
+    from agentnas.trainer_daemon.recorded import request_key, reusable
+
+    base = request("a", "proxy")
+    assert request_key(base) == request_key(msgspec.structs.replace(base, eval_id="b", arch_id="x", phase=3))
+    for change in ({"seed": 43}, {"model_source": SLOW}, {"recipe": {"lr": 0.1}}, {"request": "validate"},
+                   {"caps": m.Caps(time_s=60)}, {"task": "digitsmooth"}):
+        assert request_key(msgspec.structs.replace(base, **change)) != request_key(base), change
+    assert reusable(m.EvaluationCompleted(eval_id="a", status="timeout", reason="ran past its time cap"))
+    assert not reusable(m.EvaluationCompleted(eval_id="a", status="error", reason="dead-lettered: delivered 3 times"))
