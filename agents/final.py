@@ -4,8 +4,8 @@ PROTOCOL.md: across Phase 1 and Phase 3 pick the architecture with the best wave
 validation metric and report its wave-2 test metric (retrained from scratch on
 train+valid, last weights, tested once). The Phase 3 population holds the seed, so when NAS
 never beats it the best non-seed is reported instead, which makes a null NAS result
-visible. The seed (the LLM-only result) gets its own wave 2 too, so the two can be
-compared. Test metrics are never shown to an agent: only this stage reads them, after
+visible. Every finalist gets wave 2 (`[proxy] wave2 = "reported"`: only the winner and the
+seed, the LLM-only result, so the two can still be compared), and the result lists them all. Test metrics are never shown to an agent: only this stage reads them, after
 every decision is made.
 
 The role that owns the run's last phase performs this stage (`final_work`); everything it
@@ -91,10 +91,10 @@ def final_work(state: RunState, ready: bool) -> list[Work]:
     run = state.run_id
     if state.costs.current != STAGE:
         return [Work(key=f"{run}:final:start", run_id=run, action=start)]
-    winner, seed, _ = choose(finalists(state))
+    winner, _, _ = choose(finalists(state))
     if winner is None:
         return [Work(key=f"{run}:final:fail", run_id=run, action=fail)]
-    wanted = [f for f in (winner, seed) if f is not None]
+    wanted = wave2_wanted(state)
     records = state.evals.records
     if any(eval_id(run, f.arch_id, "final_wave2") not in records for f in wanted):
         return [Work(key=f"{run}:final:wave2", run_id=run, action=request_wave2)]
@@ -111,11 +111,19 @@ async def fail(ctx: Context) -> None:
     await ctx.emit(m.RunFailed(reason="no architecture completed wave-1 training; nothing to report"))
 
 
+def wave2_wanted(state: RunState) -> list[Finalist]:
+    """Who gets wave 2: every finalist, or only the two the reporting rule hands over."""
+    candidates = finalists(state)
+    if state.settings.proxy.wave2 == "finalists":
+        return candidates
+    winner, seed, _ = choose(candidates)
+    return [f for f in (winner, seed) if f is not None]
+
+
 async def request_wave2(ctx: Context) -> None:
     state = ctx.state
-    winner, seed, _ = choose(finalists(state))
-    for f in (winner, seed):
-        if f is not None and eval_id(state.run_id, f.arch_id, "final_wave2") not in state.evals.records:
+    for f in wave2_wanted(state):
+        if eval_id(state.run_id, f.arch_id, "final_wave2") not in state.evals.records:
             await ctx.emit(evaluation(state, arch_id=f.arch_id, request="final_wave2", source=f.source,
                                       recipe=f.recipe, phase=f.phase))
 
@@ -130,10 +138,12 @@ def outcome(state: RunState, f: Finalist) -> m.Outcome:
 
 async def finish(ctx: Context) -> None:
     state = ctx.state
-    winner, seed, rule = choose(finalists(state))
+    candidates = finalists(state)
+    winner, seed, rule = choose(candidates)
     result = m.RunResult(winner=outcome(state, winner), seed=outcome(state, seed) if seed else None,
                          metric=state.settings.task.metric, rule=rule,
-                         phases=state.costs.table(until=ctx.now()))
+                         phases=state.costs.table(until=ctx.now()),
+                         finalists=[msgspec.structs.replace(outcome(state, f), source="") for f in candidates])
     summary = {"winner": winner.arch_id, "val_metric": winner.val_metric,
                "test_metric": result.winner.test_metric}
     await ctx.emit(m.RunFinished(summary=summary, result=result))

@@ -83,6 +83,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     metric: str = ""  # the task's metric; every metric is an error: lower is better
     rule: str = ""  # how the winner was chosen (the reporting rule)
     phases: list[PhaseCost] = []
+    # every architecture that completed wave 1, best validation first (source omitted: it is in
+    # the log); test_metric where it had wave 2 (all of them unless `[proxy] wave2 = "reported"`)
+    finalists: list[Outcome] = []
 
 
 class RunFinished(Kind, tag="run.finished"):

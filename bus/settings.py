@@ -48,6 +48,10 @@ class ProxySettings(_Settings):
     memory_cap_mb: PositiveFloat = 11264.0
     full_time_cap_s: PositiveFloat = 86400.0  # each wave of full training
     validate_time_cap_s: PositiveFloat = 60.0  # wall seconds a `validate` request may take in all
+    # Wave 2 (train+valid, tested once): "finalists" = every architecture that completed wave 1,
+    # as PROTOCOL.md's full training; "reported" = only the winner and the seed, the two numbers
+    # the reporting rule hands over (saves up to 2 * top_k_full - 2 full trainings).
+    wave2: Literal["finalists", "reported"] = "finalists"
 
 
 class ModularizerSettings(_Settings):

@@ -319,7 +319,7 @@ def run(
     ctx: typer.Context,
     task: Annotated[Optional[str], typer.Argument(help="Built-in task name or task TOML file (see `agentnas tasks`).")] = None,
     phases: Annotated[str, typer.Option(help="1, 1,2 or 1,2,3 (the whole pipeline).")] = "1,2,3",
-    llm: Annotated[Optional[str], typer.Option(help="anthropic[:MODEL] | openai:MODEL | replay:PATH[#RUN] | none (no LLM: rule-based roles).")] = None,
+    llm: Annotated[Optional[str], typer.Option(help="anthropic[:MODEL] | openai:MODEL | replay:LOG\\[#RUN] (a recorded run: its answers and evaluation results) | none (no LLM: rule-based roles).")] = None,
     on_divergence: Annotated[str, typer.Option(help="With replay: stop | live.")] = "stop",
     retrain: Annotated[bool, typer.Option("--retrain", help="With replay of an event log: train every evaluation "
                                           "again instead of serving the recorded results.")] = False,
@@ -435,10 +435,12 @@ def status(
         state = load_run_state(event_log, run_id)
         services = load_run_state(event_log, "_system") if event_log.run_exists("_system") else None
     up = system_up(c.home)
-    if as_json:
-        sys.stdout.write(msgspec.json.encode(state).decode() + "\n")
+    interrupted = not up and state.status in ("requested", "running")  # nothing is working on it
+    if as_json:  # the same word the table shows: a run nobody works on is not "running"
+        shown = msgspec.structs.replace(state, status="interrupted") if interrupted else state
+        sys.stdout.write(msgspec.json.encode(shown).decode() + "\n")
         return
-    render_state(console, state, interrupted=not up and state.status in ("requested", "running"), home=c.home)
+    render_state(console, state, interrupted=interrupted, home=c.home)
     render_machinery(console, c.home, services, up=up)
 
 

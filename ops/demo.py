@@ -32,6 +32,7 @@ SMALL = {
     "evolution": {"budget": 8, "population": 4, "init_single_mutations": 1, "init_double_mutations": 1,
                   "init_random": 1, "generations": 2, "top_k_full": 2},
     "trainer": {"concurrency": 2},
+    "proxy": {"wave2": "reported"},  # wave 2 for the winner and the seed only (the demo's minutes)
 }
 SCRIPTED = {**SMALL, "phase1": {**SMALL["phase1"], "budget": 1, "n_parallel": 1, "top_k_full": 1}}
 

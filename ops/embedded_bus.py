@@ -90,7 +90,8 @@ class EmbeddedBus:
                 continue
             failing_since = failing_since or time.monotonic()
             free = _free_mb(self.root)
-            self.health.fault(f"JetStream not answering ({reason}); {free:.0f} MB free in {self.root}")
+            short = f"; it restarts once {MIN_FREE_MB:.0f} MB are free there" if free < MIN_FREE_MB else ""
+            self.health.fault(f"JetStream not answering ({reason}); {free:.0f} MB free in {self.root}{short}")
             if time.monotonic() - failing_since >= self.wedged_after_s and free >= MIN_FREE_MB:
                 log.warning("JetStream wedged; restarting nats-server", reason=reason)
                 self.server.stop()

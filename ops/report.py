@@ -127,6 +127,20 @@ def _leaderboard(state: RunState, metric: str, size: int = 15) -> list[str]:
     return rows
 
 
+def _finalists(state: RunState, metric: str) -> list[str]:
+    """Every architecture fully trained: wave-1 validation (what chose) beside wave-2 test."""
+    result = state.result
+    if result is None or not result.finalists:
+        return []
+    rows = ["| architecture | phase | wave-1 validation | wave-2 test | parameters |", "| --- | --- | --- | --- | --- |"]
+    for f in result.finalists:
+        name = f"**{f.arch_id}**" if f.arch_id == result.winner.arch_id else f.arch_id
+        rows.append(f"| {name} | {f.phase} | {metric_text(metric, f.val_metric)} | "
+                    f"{metric_text(metric, f.test_metric) if f.test_metric is not None else '- (no wave 2)'} | "
+                    f"{_number(f.params)} |")
+    return ["## Full training (every finalist)", "", *rows, ""]
+
+
 def _number(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -196,6 +210,7 @@ def write_report(state: RunState, out: Path) -> Path:
         accepted = state.space.accepted
         lines += [f"The searched space has {len(accepted.space.slots)} slots and {accepted.size:,} configurations"
                   + (f" ({'; '.join(accepted.notes)})" if accepted.notes else "") + ".", ""]
+    lines += _finalists(state, metric)
     lines += ["## Leaderboard (proxy and wave-1 validation)", "", *_leaderboard(state, metric), "",
               "## Time and cost per stage", "", *_stages(state), "",
               f"_Written {time.strftime('%Y-%m-%d %H:%M:%S')} from the event log by `agentnas report`._", ""]

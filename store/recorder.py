@@ -233,7 +233,7 @@ async def record(
                 log.error("cannot write the event log; will retry", error=str(exc), log=str(log_file),
                           free_mb=free_mb(log_file.parent), retry_in_s=failing)
                 health.fault(f"cannot write the event log {log_file} ({exc}; {free_mb(log_file.parent)} MB free "
-                             f"in {log_file.parent}); retrying")
+                             f"in {log_file.parent}); retrying, nothing is lost: free space there to go on")
                 buffer[:0] = msgs
                 await asyncio.sleep(failing)
         await sub.unsubscribe()  # no new deliveries; commit what already arrived

@@ -389,8 +389,13 @@ async def _guarded(trainer: Trainer, msg) -> None:
         await trainer.handle(msg)
     except asyncio.CancelledError:
         raise  # shutting down: the request stays unacked and is redelivered
-    except Exception as exc:  # infrastructure trouble (bus down): let another delivery try
+    except Exception as exc:  # infrastructure trouble (bus down, a full disk): let another delivery try
         log.exception("evaluation handling failed; will be redelivered", error=str(exc))
+        try:  # this delivery was the machinery's, not the candidate's: it does not count toward dead-lettering
+            eval_id = m.decode(msg.data).payload.eval_id
+            trainer.faults[eval_id] = trainer.faults.get(eval_id, 0) + 1
+        except Exception:
+            pass
         try:
             await msg.nak(delay=5)
         except Exception:

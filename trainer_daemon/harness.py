@@ -31,6 +31,7 @@ BatchNorm never sees a batch of one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -52,7 +53,7 @@ from agentnas.trainer_daemon.deadline import DeadlineExceeded, wall_deadline
 from agentnas.trainer_daemon.equivalence import check_equivalence
 from agentnas.trainer_daemon.gate import check_source
 from agentnas.trainer_daemon.gdas import run_gdas
-from agentnas.trainer_daemon.job import WHOLE_JOB_CAP, Job, JobFailed, JobResult, Stage, one_line
+from agentnas.trainer_daemon.job import WHOLE_JOB_CAP, Job, JobFailed, JobResult, MachineryFault, Stage, one_line
 from agentnas.trainer_daemon.metrics import compute_metric
 from agentnas.trainer_daemon.recipe import Recipe, RecipeError, lr_at, normalise_recipe, proxy_recipe
 from agentnas.trainer_daemon.steps import (CHECK_EVERY_STEPS, Plateau, StepTimer, check_memory, check_time,
@@ -82,6 +83,9 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _fail(result: JobResult, exc: BaseException, stage: Stage) -> JobResult:
     """Fill `result` for an exception; stage.status is the default for a candidate's fault."""
+    if isinstance(exc, MachineryFault):
+        result.status, result.reason, result.fault = "error", str(exc), str(exc)
+        return result
     if isinstance(exc, JobFailed):
         result.status, result.reason = exc.status, exc.reason
         if isinstance(exc, DeadlineExceeded):
@@ -213,7 +217,6 @@ def _safe_name(eval_id: str) -> str:
 
 def save_weights(job: Job, recipe: Recipe, state: dict, epoch: int, metric: dict[str, float]) -> str:
     """Write a self-describing checkpoint to weights_dir/<eval_id>.pt (atomically)."""
-    os.makedirs(job.weights_dir, exist_ok=True)
     path = os.path.join(job.weights_dir, f"{_safe_name(job.eval_id)}.pt")
     checkpoint = {
         "state_dict": state,
@@ -225,8 +228,14 @@ def save_weights(job: Job, recipe: Recipe, state: dict, epoch: int, metric: dict
         "epoch": epoch,
         **metric,
     }
-    torch.save(checkpoint, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(job.weights_dir, exist_ok=True)
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError from its writer
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        raise MachineryFault(f"cannot write the weights to {job.weights_dir}: {one_line(exc)}") from None
     return path
 
 

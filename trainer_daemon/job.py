@@ -71,6 +71,11 @@ class JobFailed(Exception):
         self.reason = reason
 
 
+class MachineryFault(Exception):
+    """Something the harness itself could not do (write the weights on a full disk): not the
+    candidate's outcome; the job comes back as a `fault` and is tried again."""
+
+
 @dataclasses.dataclass
 class Stage:
     """Where a job is: names the step in a failure's reason, and the status a candidate's fault gets there."""

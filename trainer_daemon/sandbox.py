@@ -215,10 +215,10 @@ class WorkerPool:
             for _ in range(3):
                 try:
                     worker = await self._take(fresh=bool(job.weights_dir))
-                except WorkerStartError as exc:
+                except WorkerStartError as exc:  # before the candidate's code: the machinery's fault
                     reason, _, output = str(exc).partition("\n")
-                    return JobResult(status="error", reason=f"worker failed to start: {reason}"[:300],
-                                     traceback=output)
+                    why = f"worker failed to start: {reason}"[:300]
+                    return JobResult(status="error", reason=why, traceback=output, fault=why)
                 outcome = await self._serve(worker, job, on_progress)
                 lost = self._returns and not (outcome.started or outcome.timed_out or outcome.protocol_error)
                 if not lost or self._closed:  # else the worker died before it took the job: not the job's doing

@@ -44,3 +44,25 @@ def test_a_search_alone_compares_with_its_seed_configuration():
                         key=lambda f: f.val_metric)
     winner, seed, _ = choose(candidates)
     assert winner.arch_id == "cfg_a" and seed.arch_id == "cfg_seed"
+
+
+def test_every_finalist_gets_wave_2_unless_only_the_reported_ones_are_asked_for():
+    import msgspec
+
+    from agentnas.agents.final import wave2_wanted
+    from agentnas.bus import messages as m
+    from agentnas.bus.settings import ProxySettings
+    from agentnas.store.state import replay
+    from tests.agents.test_roles import RUN, STOPPED, ev, implemented, proposed, requested, wave1
+
+    events = (requested() + proposed(1, "arch_001", "arch_002", "arch_003") + implemented("arch_001", 5.0)
+              + implemented("arch_002", 6.0) + implemented("arch_003", 7.0) + STOPPED
+              + wave1("arch_001", 4.0) + wave1("arch_002", 3.0)
+              + [ev(m.SeedSelected(arch_id="arch_002", source="s", recipe={}, val_metric=3.0, eval_id="w"))])
+    state = replay(RUN, events)
+    assert [f.arch_id for f in wave2_wanted(state)] == ["arch_002", "arch_001"]  # PROTOCOL.md: both waves
+    (run_requested,) = [e for e in events if e.kind == "run.requested"]
+    settings = run_requested.payload.settings
+    reported = msgspec.structs.replace(settings, proxy=ProxySettings(wave2="reported"))
+    state = replay(RUN, [ev(m.RunRequested(task="addigits", phases=(1,), settings=reported), "cli")] + events[1:])
+    assert [f.arch_id for f in wave2_wanted(state)] == ["arch_002"]  # Phase 1 alone: the winner is the seed

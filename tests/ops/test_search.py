@@ -41,7 +41,7 @@ def events(home, kind):
 def test_each_algorithm_completes_a_short_search(algo, small_space, tmp_path):
     config = tmp_path / "small.toml"
     config.write_text("[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
-                      "init_random = 0\ngenerations = 2\ntop_k_full = 1\ngdas_epochs = 2\n"
+                      "init_random = 0\ngenerations = 2\ntop_k_full = 2\ngdas_epochs = 2\n"
                       "[trainer]\nconcurrency = 2\n")
     home = tmp_path / "home"
     done = run_cli("--home", str(home), "--config", str(config), "search", "--space", str(small_space), "--task",
@@ -51,7 +51,21 @@ def test_each_algorithm_completes_a_short_search(algo, small_space, tmp_path):
     keys = [p["key"] for p in proposed]
     assert len(keys) == len(set(keys)) and proposed[0]["origin"] == "seed"  # never paid twice; the seed in it
     (finished,) = events(home, "run.finished")
-    assert finished["result"]["winner"]["test_metric"] is not None
+    result = finished["result"]
+    assert result["winner"]["test_metric"] is not None
+    # PROTOCOL.md: every finalist gets both waves; the result lists them, best validation first
+    finalists = result["finalists"]
+    wave2 = {e["arch_id"] for e in events(home, "evaluation.completed") if e["request"] == "final_wave2"}
+    assert finalists and wave2 == {f["arch_id"] for f in finalists}
+    assert all(f["test_metric"] is not None for f in finalists)
+    assert [f["val_metric"] for f in finalists] == sorted(f["val_metric"] for f in finalists)
+    conn = sqlite3.connect(home / "events.sqlite")
+    (run_id,) = conn.execute("SELECT run_id FROM events WHERE kind = 'run.requested'").fetchone()
+    conn.close()
+    report = run_cli("--home", str(home), "report", run_id, "--out", str(tmp_path / "report"), timeout=120)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Full training (every finalist)" in text and text.count("| 3 |") >= len(finalists)
     if algo == "gdas":
         (gdas,) = [e for e in events(home, "evaluation.completed") if e["request"] == "gdas"]
         assert gdas["status"] == "ok" and len(gdas["choices"]) == len(json.loads(small_space.read_text())["slots"])

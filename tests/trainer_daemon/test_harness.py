@@ -272,6 +272,15 @@ def test_wave2_test_metric_matches_an_independent_evaluation(tmp_path):
     assert result.test_metric == pytest.approx(independent)
 
 
+def test_weights_that_cannot_be_written_are_the_machinerys_fault_not_the_candidates(tmp_path):
+    """A full or unwritable weights folder: the job comes back as a fault (the daemon retries it)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result, _ = run("final_wave2", conv(), weights_dir=str(blocker / "weights"))
+    assert result.fault and "cannot write the weights to" in result.fault and str(blocker) in result.fault
+    assert not result.weights_path
+
+
 def test_same_seed_same_result_other_seed_differs():
     recipe = {"epochs": 2, "batch_size": 32, "augmentations": ["mixup", "random_erasing"]}
     first = run("final_wave1", conv(), recipe=recipe, seed=7)

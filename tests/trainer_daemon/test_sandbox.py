@@ -283,11 +283,11 @@ async def test_proxy_job_reports_progress_and_saves_nothing_outside(dirs, secret
         assert result.status == "rejected" and "import of 'os'" in result.reason
 
 
-async def test_worker_that_cannot_start_gives_an_error(dirs):
+async def test_a_worker_that_cannot_start_is_a_fault_of_the_machinery(dirs):
+    """Nothing of the candidate ran: the daemon retries it (never charged to the candidate)."""
     async with WorkerPool("no-such-task", "cpu", spares=0, limits=LIMITS, scratch_root=dirs.scratch) as pool:
         result = await pool.run(Job(eval_id="s1", request="validate", model_source=SMALL_MODEL), print)
-    assert result.status == "error"
-    assert "worker failed to start" in result.reason and "no-such-task" in result.reason
+    assert result.fault and "worker failed to start" in result.fault and "no-such-task" in result.fault
     assert "TaskError" in result.traceback
 
 
