@@ -157,6 +157,7 @@ def search(supernet: Supernet, recipe: Recipe, augs: list[str], options: GdasOpt
     rng = np.random.default_rng(job.seed)
     noise = torch.Generator(device=device)
     noise.manual_seed(job.seed)
+    skipped = [0, 0]  # weight and architecture steps whose gradient was not finite
     net.train()
     for epoch in range(options.epochs):
         tau = temperature(epoch, options.epochs, options.tau_max, options.tau_min)
@@ -183,15 +184,23 @@ def search(supernet: Supernet, recipe: Recipe, augs: list[str], options: GdasOpt
                 loss = lam * loss + (1.0 - lam) * task_loss(loss_name, out, y_mix, recipe.label_smoothing)
             if loss.requires_grad:  # else the sample has no weights to train (a Zero in every slot on the path)
                 loss.backward()
-            if recipe.grad_clip is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-            w_optimizer.step()
+            # a step whose gradient is not finite (a finite loss can have one: sqrt at 0, inf * 0) is
+            # skipped, as a loss scaler skips it, instead of poisoning the weights or the logits
+            norm = nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip if recipe.grad_clip is not None
+                                            else float("inf"))
+            if bool(torch.isfinite(norm)):
+                w_optimizer.step()
+            else:
+                skipped[0] += 1
             w_optimizer.zero_grad(set_to_none=True)
             # architecture: a fresh sample on the held-out half; straight-through gradients reach the logits
             supernet.sample(tau, noise, differentiable=True)
             arch_loss = task_loss(loss_name, net(x_a[index_a]), y_a[index_a], 0.0)
             arch_loss.backward()
-            a_optimizer.step()
+            if bool(torch.isfinite(nn.utils.clip_grad_norm_(supernet.alphas.parameters(), float("inf")))):
+                a_optimizer.step()
+            else:
+                skipped[1] += 1
             a_optimizer.zero_grad(set_to_none=True)
             w_optimizer.zero_grad(set_to_none=True)  # what the architecture step left on the weights
             timer.stop()
@@ -209,11 +218,24 @@ def search(supernet: Supernet, recipe: Recipe, augs: list[str], options: GdasOpt
         check_memory(device, memory_baseline, job, result, f"at epoch {epoch + 1}")
         train_loss, arch_loss_mean = (sums / steps).tolist()
         result.epochs_done = epoch + 1
+        _check_skipped(skipped, (epoch + 1) * steps, result)
         if plateau is not None:
             plateau.step(train_loss)
         report({"epoch": epoch + 1, "epochs": options.epochs, "train_loss": train_loss, "val_metric": None,
                 "arch_loss": arch_loss_mean, "tau": tau, "choices": supernet.argmax(),
                 "device_time_s": result.device_time_s})
+
+
+def _check_skipped(skipped: list[int], done: int, result: JobResult) -> None:
+    """A few skipped steps are a warning; when most steps of either kind were skipped the search
+    learned nothing to trust, and it stops (the run falls back to the seed configuration)."""
+    text = (f"{skipped[0]} of {done} weight steps and {skipped[1]} of {done} architecture steps skipped: "
+            "their gradients were not finite")
+    if max(skipped) * 2 > done:
+        raise JobFailed("error", f"search failed: {text}")
+    result.warnings[:] = [w for w in result.warnings if not w.endswith("were not finite")]
+    if any(skipped):
+        result.warnings.append(text)
 
 
 def _checked(pending_w: list[torch.Tensor], pending_a: list[torch.Tensor], epoch: int, first_step: int,
