@@ -1,9 +1,10 @@
 """Following a run on the terminal: notable events as lines, and a live status below them.
 
 The status (phase, budget, patience, best metric, each running evaluation's epoch and
-latest validation metric, an estimate of the time left, tokens and cost, and any fault of
-the machinery that holds the run) is rebuilt from the run's folded state (store/state) and
-the local health reports (bus/health.py). On a terminal it is a live region; elsewhere the
+latest validation metric, an estimate of the time left, tokens and cost, any fault of the
+machinery that holds the run, and how long ago each service was last heard of) is rebuilt
+from the run's folded state (store/state), the local health reports (bus/health.py) and the
+services' heartbeats (the `_system` run); a running service silent for `SILENT_S` is a fault. On a terminal it is a live region; elsewhere the
 same text is printed as a line when it changes, at most every `quiet_s` seconds.
 """
 
@@ -18,6 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from agentnas.bus import messages as m
+from agentnas.bus import subjects
 from agentnas.bus.health import faults
 from agentnas.ops.describe import describe, metric
 from agentnas.store.log import EventLog, LogError, row_to_envelope
@@ -37,11 +39,24 @@ def notable(env: m.Envelope) -> bool:
     return isinstance(env.payload, SHOWN)
 
 
+SILENT_S = 60.0  # four missed heartbeats (every 15 s): the service is stuck or gone
+
+
+def services_heard(system: RunState, now: float) -> list[tuple[str, float]]:
+    """(role, seconds since last heard) of the newest instance of each running service."""
+    latest: dict[str, float] = {}
+    for agent in system.agents.values():
+        if agent.status == "running":
+            latest[agent.role] = max(latest.get(agent.role, 0.0), agent.last_seen)
+    return sorted((role, now - seen) for role, seen in latest.items())
+
+
 def _stage_name(stage: str) -> str:
     return {"final": "final training", "": "starting"}.get(stage, f"phase {stage}")
 
 
-def status_lines(state: RunState, now: float, fault_lines: list[str]) -> list[str]:
+def status_lines(state: RunState, now: float, fault_lines: list[str],
+                 heard: list[tuple[str, float]] | None = None) -> list[str]:
     """The live status, a few short lines (each fits 80 columns)."""
     stage = state.costs.current
     parts = [_stage_name(stage)]
@@ -73,6 +88,8 @@ def status_lines(state: RunState, now: float, fault_lines: list[str]) -> list[st
     if queued:
         lines.append(f"  {queued} evaluation{'s' if queued > 1 else ''} waiting for a trainer")
     lines += [f"  paused: {line}" for line in fault_lines]
+    if heard:
+        lines.append("  heard " + ", ".join(f"{role} {age:.0f}s" for role, age in heard) + " ago")
     return lines
 
 
@@ -116,6 +133,8 @@ class Follower:
         self.quiet_s = quiet_s
         self.faults: list[str] = []
         self.last_plain = ("", 0.0)
+        self.system = RunState(run_id=subjects.SYSTEM_RUN)  # the services' heartbeats
+        self.system_after = 0
 
     def poll(self) -> bool:
         """Fold what is new; True if something was read."""
@@ -133,9 +152,24 @@ class Follower:
                 self.console.print(Text(f"{self.prefix}{stamp} {describe(env)}", overflow="fold"), highlight=False)
         return bool(rows)
 
+    def poll_system(self) -> None:
+        try:
+            with EventLog(self.path, readonly=True) as log:
+                rows = log.rows(subjects.SYSTEM_RUN, after_seq=self.system_after, limit=5000)
+        except LogError:
+            return
+        for row in rows:
+            self.system_after = row.seq
+            self.system = fold(self.system, row_to_envelope(row))
+
     def check_faults(self) -> None:
+        self.poll_system()
         now = [f"{r.service}: {r.fault} (since {time.strftime('%H:%M:%S', time.localtime(r.since))})"
                for r in faults(self.home)]
+        at = time.time()  # the line names when it was last heard, so it stays the same while silent
+        now += [f"{role}: not heard from since {time.strftime('%H:%M:%S', time.localtime(at - age))} "
+                f"(no heartbeat for over {SILENT_S:.0f} s)"
+                for role, age in services_heard(self.system, at) if age >= SILENT_S]
         for line in now:
             if line not in self.faults:
                 self.console.print(Text(f"{time.strftime('%H:%M:%S')} paused: {line}", overflow="fold"),
@@ -145,8 +179,9 @@ class Follower:
         self.faults = now
 
     def render(self) -> Group:
+        now = time.time()
         return Group(*(Text(line, overflow="ellipsis", no_wrap=True)
-                       for line in status_lines(self.state, time.time(), self.faults)))
+                       for line in status_lines(self.state, now, self.faults, services_heard(self.system, now))))
 
     def print_plain(self) -> None:
         """Off a terminal: the status's first line, when it changed, at most every `quiet_s`."""
