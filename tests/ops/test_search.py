@@ -130,3 +130,59 @@ def test_the_evolver_and_a_trainer_killed_mid_search(small_space, tmp_path):
     assert len(requested) == len(set(requested)) and sorted(completed) == sorted(requested)
     assert len(started("evolver")) >= 2 and len(started("trainer")) >= 2  # both came back
     assert events(home, "run.finished")[0]["result"]["winner"]["test_metric"] is not None
+
+
+def test_every_process_killed_mid_search_then_resumed(small_space, tmp_path):
+    """kill -9 of the whole tree (the CLI, the bus, every service and worker) once Phase 3 has
+    results, then `run --resume`: the search finishes; no configuration proposed or evaluated
+    twice, none lost, every evaluation ended once."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import agentnas_cmd
+    from tests.ops.test_faults import _descendants_of_home
+
+    config = tmp_path / "small.toml"
+    config.write_text("[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
+                      "init_random = 0\ngenerations = 3\ntop_k_full = 2\n[trainer]\nconcurrency = 2\n")
+    home = tmp_path / "home"
+    proc = subprocess.Popen(agentnas_cmd("--home", str(home), "--config", str(config), "search", "--space",
+                                         str(small_space), "--task", "addigits", "--budget", "6"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not [p for p in _safe(events, home, "evaluation.completed") if p["request"] == "proxy"]:
+        assert proc.poll() is None and time.monotonic() < deadline, "no proxy result before the kill"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in _descendants_of_home(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    assert not events(home, "run.finished")
+    (run_id,) = {r for r, _ in _runs(home)}
+    resumed = run_cli("--home", str(home), "--config", str(config), "run", "--resume", run_id, timeout=800)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    proposed = [p["key"] for batch in events(home, "configurations.proposed") for p in batch["proposals"]]
+    assert len(proposed) == len(set(proposed)) == 6
+    requested = [p["eval_id"] for p in events(home, "evaluation.requested")]
+    completed = [p["eval_id"] for p in events(home, "evaluation.completed")]
+    assert len(requested) == len(set(requested)) and sorted(completed) == sorted(requested)
+    assert events(home, "run.finished")[0]["result"]["winner"]["test_metric"] is not None
+
+
+def _safe(read, *args):
+    try:
+        return read(*args)
+    except sqlite3.OperationalError:  # the log is not there yet
+        return []
+
+
+def _runs(home):
+    conn = sqlite3.connect(home / "events.sqlite")
+    rows = conn.execute("SELECT run_id, payload FROM events WHERE kind = 'run.requested'").fetchall()
+    conn.close()
+    return [(r, json.loads(p)) for r, p in rows]
