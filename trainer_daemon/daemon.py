@@ -138,7 +138,9 @@ class Trainer:
         self.sender = m.Sender(agent="trainer", instance=f"{socket.gethostname()}:{device}:{os.getpid()}")
         self.pools: dict[tuple, WorkerPool] = {}
         self.running: set[asyncio.Task] = set()
-        self.faults: dict[str, int] = {}  # eval id -> deliveries that a fault of the machinery ended
+        # eval id -> deliveries that a fault of the machinery ended; kept in the results bucket too
+        # (key `<eval id>.faults`), so that a restarted daemon does not charge them to the candidate
+        self.faults: dict[str, int] = {}
         self.health = health or Health(None, "trainer")
 
     def limits(self, caps: m.Caps) -> Limits:
@@ -209,9 +211,27 @@ class Trainer:
         except Exception as exc:
             log.warning("could not mark the result published", eval_id=done.eval_id, error=str(exc))
 
+    async def fault_count(self, eval_id: str) -> int:
+        if eval_id not in self.faults:
+            try:
+                entry = await self.kv.get(f"{eval_id}.faults")
+                self.faults[eval_id] = int(entry.value or b"0")
+            except KeyNotFoundError:
+                self.faults[eval_id] = 0
+        return self.faults[eval_id]
+
+    async def add_fault(self, eval_id: str) -> int:
+        """One more delivery ended by the machinery; returns how many so far."""
+        count = self.faults[eval_id] = await self.fault_count(eval_id) + 1
+        try:
+            await self.kv.put(f"{eval_id}.faults", str(count).encode())
+        except Exception as exc:  # the bus is what failed: this daemon still remembers it
+            log.warning("could not store the fault count", eval_id=eval_id, error=str(exc) or type(exc).__name__)
+        return count
+
     async def interrupted(self, env: m.Envelope, req: m.EvaluationRequested, msg, fault: str, attempt: int) -> None:
         """Not the candidate's fault: say so, and let the request come back after a pause."""
-        count = self.faults[req.eval_id] = self.faults.get(req.eval_id, 0) + 1
+        count = await self.add_fault(req.eval_id)
         delay = min(5.0 * 2 ** (count - 1), 60.0)
         log.warning("evaluation interrupted by a fault of the machinery; it will be retried", eval_id=req.eval_id,
                     fault=fault, retry_in_s=delay)
@@ -250,7 +270,7 @@ class Trainer:
             log.info("evaluation served from the recording", eval_id=req.eval_id, reused_from=done.reused_from)
             await msg.ack()
             return
-        if attempt - self.faults.get(req.eval_id, 0) > self.config.max_deliver:
+        if attempt - await self.fault_count(req.eval_id) > self.config.max_deliver:
             reason = f"dead-lettered: delivered {attempt - 1} times without a result (trainer killed or stuck each time)"
             await self.finish(env, req, JobResult(status="error", reason=reason), attempt, 0.0)
             await msg.ack()
@@ -391,11 +411,16 @@ async def _guarded(trainer: Trainer, msg) -> None:
         raise  # shutting down: the request stays unacked and is redelivered
     except Exception as exc:  # infrastructure trouble (bus down, a full disk): let another delivery try
         log.exception("evaluation handling failed; will be redelivered", error=str(exc))
-        try:  # this delivery was the machinery's, not the candidate's: it does not count toward dead-lettering
+        # this delivery was the machinery's, not the candidate's: it does not count toward dead-lettering
+        try:
             eval_id = m.decode(msg.data).payload.eval_id
-            trainer.faults[eval_id] = trainer.faults.get(eval_id, 0) + 1
         except Exception:
-            pass
+            eval_id = ""
+        if eval_id:
+            try:
+                await trainer.add_fault(eval_id)
+            except Exception:  # the bucket cannot be read either: remember it here
+                trainer.faults[eval_id] = trainer.faults.get(eval_id, 0) + 1
         try:
             await msg.nak(delay=5)
         except Exception:

@@ -256,3 +256,16 @@ def test_the_content_key_ignores_labels_only():
         assert request_key(msgspec.structs.replace(base, **change)) != request_key(base), change
     assert reusable(m.EvaluationCompleted(eval_id="a", status="timeout", reason="ran past its time cap"))
     assert not reusable(m.EvaluationCompleted(eval_id="a", status="error", reason="dead-lettered: delivered 3 times"))
+
+
+async def test_faults_of_the_machinery_are_remembered_across_a_daemon_restart(js, tmp_path):
+    """Deliveries that a fault ended never count toward dead-lettering, even after the daemon
+    that saw them is gone: the count lives in the results bucket."""
+    from agentnas.trainer_daemon.daemon import Trainer, results_bucket
+
+    kv = await results_bucket(js)
+    first = Trainer(js, kv, device="cpu", concurrency=1, config=TrainerConfig(), home=tmp_path)
+    assert await first.fault_count("restart-e1") == 0
+    assert await first.add_fault("restart-e1") == 1 and await first.add_fault("restart-e1") == 2
+    second = Trainer(js, kv, device="cpu", concurrency=1, config=TrainerConfig(), home=tmp_path)
+    assert await second.fault_count("restart-e1") == 2 and await second.fault_count("restart-other") == 0
