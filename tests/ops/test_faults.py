@@ -223,13 +223,7 @@ def test_the_whole_tree_killed_then_resumed(tmp_path):
     with scripted_llm(script(), key="test-key") as server:
         proc = start_run(home, server)
         wait_for(home, proxy_progress, proc, what="the proxy training")
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and everything it started (their own groups too)
-        for pid in _descendants_of_home(home):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        kill_everything(proc, home)
         time.sleep(1)
         run_id = the_run(home)
         status = subprocess.run(agentnas_cmd("--home", str(home), "status", run_id), capture_output=True, text=True,
@@ -244,6 +238,18 @@ def test_the_whole_tree_killed_then_resumed(tmp_path):
     assert "did not stop cleanly" in " ".join(out.split()) and "result of" in out
     audit_run(home, run_id)
     assert [k for _, k, _ in rows(home, "_system") if k == "system.unclean_shutdown"]
+
+
+def kill_everything(proc: subprocess.Popen, home: Path) -> None:
+    """kill -9 of the command (started in its own session) and every process it started for
+    `home` (each service leads its own process group)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in _descendants_of_home(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def _descendants_of_home(home: Path) -> list[int]:

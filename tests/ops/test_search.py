@@ -20,6 +20,11 @@ ADDIGITS = TaskInfo(name="addigits", input_shape=(3, 8, 8), output_shape=(28,), 
                     metric="error_pct")
 
 
+# a small regularized evolution: the seed, one single and one double mutation, three generations
+SMALL_RE = ("[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
+            "init_random = 0\ngenerations = 3\ntop_k_full = 2\n[trainer]\nconcurrency = 2\n")
+
+
 @pytest.fixture(scope="module")
 def small_space(tmp_path_factory):
     """The slotted space of a small rule-planner CNN, with a two-epoch recipe."""
@@ -96,8 +101,7 @@ def test_the_evolver_and_a_trainer_killed_mid_search(small_space, tmp_path):
     from tests.conftest import agentnas_cmd
 
     config = tmp_path / "small.toml"
-    config.write_text("[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
-                      "init_random = 0\ngenerations = 3\ntop_k_full = 2\n[trainer]\nconcurrency = 2\nack_wait_s = 6\n")
+    config.write_text(SMALL_RE + "ack_wait_s = 6\n")
     home = tmp_path / "home"
     proc = subprocess.Popen(agentnas_cmd("--home", str(home), "--config", str(config), "search", "--space",
                                          str(small_space), "--task", "addigits", "--budget", "6"),
@@ -136,17 +140,14 @@ def test_every_process_killed_mid_search_then_resumed(small_space, tmp_path):
     """kill -9 of the whole tree (the CLI, the bus, every service and worker) once Phase 3 has
     results, then `run --resume`: the search finishes; no configuration proposed or evaluated
     twice, none lost, every evaluation ended once."""
-    import os
-    import signal
     import subprocess
     import time
 
     from tests.conftest import agentnas_cmd
-    from tests.ops.test_faults import _descendants_of_home
+    from tests.ops.test_faults import kill_everything
 
     config = tmp_path / "small.toml"
-    config.write_text("[evolution]\npopulation = 3\ninit_single_mutations = 1\ninit_double_mutations = 1\n"
-                      "init_random = 0\ngenerations = 3\ntop_k_full = 2\n[trainer]\nconcurrency = 2\n")
+    config.write_text(SMALL_RE)
     home = tmp_path / "home"
     proc = subprocess.Popen(agentnas_cmd("--home", str(home), "--config", str(config), "search", "--space",
                                          str(small_space), "--task", "addigits", "--budget", "6"),
@@ -155,13 +156,7 @@ def test_every_process_killed_mid_search_then_resumed(small_space, tmp_path):
     while not [p for p in _safe(events, home, "evaluation.completed") if p["request"] == "proxy"]:
         assert proc.poll() is None and time.monotonic() < deadline, "no proxy result before the kill"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for pid in _descendants_of_home(home):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
+    kill_everything(proc, home)
     assert not events(home, "run.finished")
     (run_id,) = {r for r, _ in _runs(home)}
     resumed = run_cli("--home", str(home), "--config", str(config), "run", "--resume", run_id, timeout=800)
