@@ -5,8 +5,9 @@ validation metric and report its wave-2 test metric (retrained from scratch on
 train+valid, last weights, tested once). The Phase 3 population holds the seed, so when NAS
 never beats it the best non-seed is reported instead, which makes a null NAS result
 visible. Every finalist gets wave 2 (`[proxy] wave2 = "reported"`: only the winner and the
-seed, the LLM-only result, so the two can still be compared), and the result lists them all. Test metrics are never shown to an agent: only this stage reads them, after
-every decision is made.
+seed, the LLM-only result, so the two can still be compared), and the result lists them
+all. Test metrics are never shown to an agent: only this stage reads them, after every
+decision is made.
 
 The role that owns the run's last phase performs this stage (`final_work`); everything it
 needs is in the folded state.
@@ -91,10 +92,10 @@ def final_work(state: RunState, ready: bool) -> list[Work]:
     run = state.run_id
     if state.costs.current != STAGE:
         return [Work(key=f"{run}:final:start", run_id=run, action=start)]
-    winner, _, _ = choose(finalists(state))
-    if winner is None:
+    candidates = finalists(state)
+    if not candidates:  # the reporting rule has nothing to choose from
         return [Work(key=f"{run}:final:fail", run_id=run, action=fail)]
-    wanted = wave2_wanted(state)
+    wanted = wave2_wanted(state, candidates)
     records = state.evals.records
     if any(eval_id(run, f.arch_id, "final_wave2") not in records for f in wanted):
         return [Work(key=f"{run}:final:wave2", run_id=run, action=request_wave2)]
@@ -111,9 +112,9 @@ async def fail(ctx: Context) -> None:
     await ctx.emit(m.RunFailed(reason="no architecture completed wave-1 training; nothing to report"))
 
 
-def wave2_wanted(state: RunState) -> list[Finalist]:
-    """Who gets wave 2: every finalist, or only the two the reporting rule hands over."""
-    candidates = finalists(state)
+def wave2_wanted(state: RunState, candidates: list[Finalist]) -> list[Finalist]:
+    """Who of `candidates` (finalists(state)) gets wave 2: every one, or only the two the
+    reporting rule hands over."""
     if state.settings.proxy.wave2 == "finalists":
         return candidates
     winner, seed, _ = choose(candidates)
@@ -122,7 +123,7 @@ def wave2_wanted(state: RunState) -> list[Finalist]:
 
 async def request_wave2(ctx: Context) -> None:
     state = ctx.state
-    for f in wave2_wanted(state):
+    for f in wave2_wanted(state, finalists(state)):
         if eval_id(state.run_id, f.arch_id, "final_wave2") not in state.evals.records:
             await ctx.emit(evaluation(state, arch_id=f.arch_id, request="final_wave2", source=f.source,
                                       recipe=f.recipe, phase=f.phase))

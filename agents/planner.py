@@ -89,7 +89,8 @@ class PlannerRole:
         if named is None:
             named = phase1.stopped.arch_ids if phase1.stopped else []
         if named:
-            board = [a for a in board if a.arch_id in set(named)] or phase1.leaderboard()
+            wanted = set(named)
+            board = [a for a in board if a.arch_id in wanted] or phase1.leaderboard()
         return board[:state.settings.phase1.top_k_full]
 
     async def stop(self, ctx: Context, reason: str, arch_ids: list[str]) -> None:

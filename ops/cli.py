@@ -366,12 +366,9 @@ def run(
         load_task(task)
     except TaskError as exc:
         raise UserError(str(exc)) from None
-    try:  # a bad key or an unknown model stops here, before anything is started or written
+    try:  # a bad key, an unknown model or an unreadable recording stops here, before anything starts
         if impl != RULE_PLANNER and not no_llm:
             asyncio.run(preflight(LlmSettings.from_config(config.llm, llm, on_divergence=on_divergence)))
-    except LlmError as exc:
-        raise UserError(str(exc)) from None
-    try:
         recorded = ("", []) if retrain else results_for_replay(llm)
     except LlmError as exc:
         raise UserError(str(exc)) from None

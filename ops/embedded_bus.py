@@ -31,7 +31,6 @@ log = structlog.get_logger("agentnas.bus")
 MIN_FREE_MB = 64.0  # room the store needs before a restart can help
 
 
-
 class EmbeddedBus:
     def __init__(self, root: Path, *, binary: str | None, health: Health,
                  notify: Callable[[messages.Kind], Awaitable[None]] | None = None,

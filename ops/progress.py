@@ -4,8 +4,9 @@ The status (phase, budget, patience, best metric, each running evaluation's epoc
 latest validation metric, an estimate of the time left, tokens and cost, any fault of the
 machinery that holds the run, and how long ago each service was last heard of) is rebuilt
 from the run's folded state (store/state), the local health reports (bus/health.py) and the
-services' heartbeats (the `_system` run); a running service silent for `SILENT_S` is a fault. On a terminal it is a live region; elsewhere the
-same text is printed as a line when it changes, at most every `quiet_s` seconds.
+services' heartbeats (the `_system` run); a running service silent for `SILENT_S` is a
+fault. On a terminal it is a live region; elsewhere the same text is printed as a line when
+it changes, at most every `quiet_s` seconds.
 """
 
 from __future__ import annotations

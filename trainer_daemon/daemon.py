@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import socket
 import time
@@ -43,7 +42,7 @@ from agentnas.bus.connect import close, connect, ensure_streams
 from agentnas.bus.health import Health
 from agentnas.bus.publish import heartbeat, is_bus_fault, publish, publish_until_done
 from agentnas.trainer_daemon import recorded as rec
-from agentnas.trainer_daemon.job import Job, JobResult
+from agentnas.trainer_daemon.job import Job, JobResult, weights_file
 from agentnas.trainer_daemon.sandbox import Limits, WorkerPool
 
 log = structlog.get_logger("agentnas.trainer")
@@ -271,7 +270,8 @@ class Trainer:
             await msg.ack()
             return
         if attempt - await self.fault_count(req.eval_id) > self.config.max_deliver:
-            reason = f"dead-lettered: delivered {attempt - 1} times without a result (trainer killed or stuck each time)"
+            reason = (f"{rec.DEAD_LETTERED}: delivered {attempt - 1} times without a result "
+                      "(trainer killed or stuck each time)")
             await self.finish(env, req, JobResult(status="error", reason=reason), attempt, 0.0)
             await msg.ack()
             return
@@ -304,9 +304,8 @@ class Trainer:
             if not source.is_file():
                 log.info("the recorded weights are not here; training again", eval_id=req.eval_id, weights=str(source))
                 return None
-            folder = self.home / "weights" / env.run_id
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / (re.sub(r"[^A-Za-z0-9._-]", "_", req.eval_id) + ".pt")
+            target = Path(weights_file(str(self.home / "weights" / env.run_id), req.eval_id))
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
             weights = str(target)
@@ -418,9 +417,12 @@ async def _guarded(trainer: Trainer, msg) -> None:
             eval_id = ""
         if eval_id:
             try:
-                await trainer.add_fault(eval_id)
+                count = await trainer.add_fault(eval_id)
             except Exception:  # the bucket cannot be read either: remember it here
-                trainer.faults[eval_id] = trainer.faults.get(eval_id, 0) + 1
+                count = trainer.faults[eval_id] = trainer.faults.get(eval_id, 0) + 1
+            if count >= 3:  # retried without end, so it must show (as `interrupted` does)
+                trainer.health.fault(f"{eval_id}: handling failed {count} times ({str(exc)[:200] or type(exc).__name__}); "
+                                     "retrying every 5 s")
         try:
             await msg.nak(delay=5)
         except Exception:

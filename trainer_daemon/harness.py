@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import math
 import os
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -53,7 +52,8 @@ from agentnas.trainer_daemon.deadline import DeadlineExceeded, wall_deadline
 from agentnas.trainer_daemon.equivalence import check_equivalence
 from agentnas.trainer_daemon.gate import check_source
 from agentnas.trainer_daemon.gdas import run_gdas
-from agentnas.trainer_daemon.job import WHOLE_JOB_CAP, Job, JobFailed, JobResult, MachineryFault, Stage, one_line
+from agentnas.trainer_daemon.job import (WHOLE_JOB_CAP, Job, JobFailed, JobResult, MachineryFault, Stage, one_line,
+                                        weights_file)
 from agentnas.trainer_daemon.metrics import compute_metric
 from agentnas.trainer_daemon.recipe import Recipe, RecipeError, lr_at, normalise_recipe, proxy_recipe
 from agentnas.trainer_daemon.steps import (CHECK_EVERY_STEPS, Plateau, StepTimer, check_memory, check_time,
@@ -211,13 +211,9 @@ def train(model: nn.Module, recipe: Recipe, loss_name: str, x: torch.Tensor, y: 
 # ---------------------------------------------------------------- requests
 
 
-def _safe_name(eval_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", eval_id) or "candidate"
-
-
 def save_weights(job: Job, recipe: Recipe, state: dict, epoch: int, metric: dict[str, float]) -> str:
     """Write a self-describing checkpoint to weights_dir/<eval_id>.pt (atomically)."""
-    path = os.path.join(job.weights_dir, f"{_safe_name(job.eval_id)}.pt")
+    path = weights_file(job.weights_dir, job.eval_id)
     checkpoint = {
         "state_dict": state,
         "eval_id": job.eval_id,

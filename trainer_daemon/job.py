@@ -7,6 +7,8 @@ without importing the harness.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from typing import Literal
 
 import msgspec
@@ -14,7 +16,8 @@ import msgspec
 from agentnas.bus.messages import EquivalenceOptions, GdasOptions
 from agentnas.bus.space import SlottedSpace
 
-__all__ = ["WHOLE_JOB_CAP", "WHOLE_JOB_GRACE_S", "Job", "JobFailed", "JobResult", "Stage", "one_line"]
+__all__ = ["WHOLE_JOB_CAP", "WHOLE_JOB_GRACE_S", "Job", "JobFailed", "JobResult", "MachineryFault", "Stage", "one_line",
+           "weights_file"]
 
 Request = Literal["validate", "proxy", "final_wave1", "final_wave2", "equivalence", "gdas"]
 
@@ -85,6 +88,11 @@ class Stage:
 
     def enter(self, name: str, status: str) -> None:
         self.name, self.status = name, status
+
+
+def weights_file(weights_dir: str, eval_id: str) -> str:
+    """Where an evaluation's checkpoint lives: <weights_dir>/<eval id, made a safe file name>.pt."""
+    return os.path.join(weights_dir, (re.sub(r"[^A-Za-z0-9._-]", "_", eval_id) or "candidate") + ".pt")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -49,7 +49,7 @@ def test_a_search_alone_compares_with_its_seed_configuration():
 def test_every_finalist_gets_wave_2_unless_only_the_reported_ones_are_asked_for():
     import msgspec
 
-    from agentnas.agents.final import wave2_wanted
+    from agentnas.agents.final import finalists, wave2_wanted
     from agentnas.bus import messages as m
     from agentnas.bus.settings import ProxySettings
     from agentnas.store.state import replay
@@ -60,9 +60,9 @@ def test_every_finalist_gets_wave_2_unless_only_the_reported_ones_are_asked_for(
               + wave1("arch_001", 4.0) + wave1("arch_002", 3.0)
               + [ev(m.SeedSelected(arch_id="arch_002", source="s", recipe={}, val_metric=3.0, eval_id="w"))])
     state = replay(RUN, events)
-    assert [f.arch_id for f in wave2_wanted(state)] == ["arch_002", "arch_001"]  # PROTOCOL.md: both waves
+    assert [f.arch_id for f in wave2_wanted(state, finalists(state))] == ["arch_002", "arch_001"]  # PROTOCOL.md: both waves
     (run_requested,) = [e for e in events if e.kind == "run.requested"]
     settings = run_requested.payload.settings
     reported = msgspec.structs.replace(settings, proxy=ProxySettings(wave2="reported"))
     state = replay(RUN, [ev(m.RunRequested(task="addigits", phases=(1,), settings=reported), "cli")] + events[1:])
-    assert [f.arch_id for f in wave2_wanted(state)] == ["arch_002"]  # Phase 1 alone: the winner is the seed
+    assert [f.arch_id for f in wave2_wanted(state, finalists(state))] == ["arch_002"]  # Phase 1 alone: the winner is the seed

@@ -269,3 +269,34 @@ async def test_faults_of_the_machinery_are_remembered_across_a_daemon_restart(js
     assert await first.add_fault("restart-e1") == 1 and await first.add_fault("restart-e1") == 2
     second = Trainer(js, kv, device="cpu", concurrency=1, config=TrainerConfig(), home=tmp_path)
     assert await second.fault_count("restart-e1") == 2 and await second.fault_count("restart-other") == 0
+
+
+async def test_a_request_that_keeps_failing_in_the_daemon_is_retried_and_shows_as_paused(js, tmp_path):
+    """An exception in the daemon itself (here: the recordings bucket unreadable, as on a full
+    disk) is the machinery's: the request is put back, never dead-lettered, and from the third
+    time on the trainer's health says so (the `paused:` line of `run` and `status`)."""
+    from types import SimpleNamespace
+
+    from agentnas.bus.health import Health
+    from agentnas.trainer_daemon.daemon import Trainer, _guarded, results_bucket
+
+    class Unreadable:
+        async def get(self, key):
+            raise OSError(28, "No space left on device")
+
+    naks = []
+
+    async def nak(delay=None):
+        naks.append(delay)
+
+    env = m.make_event(request("stuck-1", "validate"), run_id="stuck", sender=S)
+    trainer = Trainer(js, await results_bucket(js), device="cpu", concurrency=1,
+                      config=TrainerConfig(max_deliver=1), home=tmp_path, health=Health(None, "trainer-cpu"),
+                      recorded_kv=Unreadable())
+    for delivery in range(1, 5):
+        msg = SimpleNamespace(data=msgspec.json.encode(env), metadata=SimpleNamespace(num_delivered=delivery),
+                              nak=nak)
+        await _guarded(trainer, msg)
+        assert bool(trainer.health.current) == (delivery >= 3)
+    assert naks == [5] * 4 and await trainer.fault_count("stuck-1") == 4
+    assert "stuck-1: handling failed 4 times" in trainer.health.current and "No space left" in trainer.health.current
